@@ -1,0 +1,117 @@
+"""Class-folder datasets: `ROOT/<class>/<image>`.
+
+Rules (also in the README):
+- A class is a direct subfolder of ROOT; class names are sorted, so label ids are stable.
+- Images in nested subfolders count for the top-level class (`ROOT/rolex/2019/a.jpg` is a
+  `rolex` image), so crawls kept in sub-folders need no flattening.
+- Image files are recognised by extension (jpg, jpeg, png, bmp, webp, gif; any case).
+- Hidden files and folders (name starts with ".") are ignored silently: they are editor,
+  OS and half-written files. Everything else that is not used is reported as skipped with
+  the reason (a file directly in ROOT, a file without an image extension).
+- Scanning reads no image; `data.validate` decodes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data.images import IMAGE_EXTENSIONS, is_image_path
+
+#: Files the tools write into a dataset root that are not images and not worth reporting.
+_KNOWN_ROOT_FILES = frozenset({"manifest.jsonl", "crop_config.json", "summary.json", "README.md"})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image."""
+
+    path: Path
+    label: str
+    label_index: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is not part of the dataset, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClassFolderDataset:
+    """The result of `scan_class_folders`."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    samples: tuple[Sample, ...]
+    skipped: tuple[Skipped, ...] = field(default=())
+
+    def counts(self) -> dict[str, int]:
+        """Images per class, including classes with none, in class order."""
+        counts = {name: 0 for name in self.class_names}
+        for sample in self.samples:
+            counts[sample.label] += 1
+        return counts
+
+    @property
+    def paths(self) -> list[Path]:
+        return [sample.path for sample in self.samples]
+
+    @property
+    def labels(self) -> list[int]:
+        return [sample.label_index for sample in self.samples]
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def _walk_images(folder: Path, skipped: list[Skipped]) -> list[Path]:
+    images = []
+    for directory, subdirectories, files in os.walk(folder):
+        subdirectories[:] = sorted(name for name in subdirectories if _visible(name))
+        for name in sorted(files):
+            if not _visible(name):
+                continue
+            path = Path(directory) / name
+            if is_image_path(path):
+                images.append(path)
+            else:
+                skipped.append(
+                    Skipped(path, f"extension {path.suffix or '(none)'!r} is not an image extension "
+                                  f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                )
+    return images
+
+
+def scan_class_folders(root: str | os.PathLike) -> ClassFolderDataset:
+    """List the labelled images under `root` without decoding them.
+
+    Raises `NotADirectoryError` / `FileNotFoundError` naming `root` when it is not a folder.
+    Empty class folders are kept as classes with zero images so that checks can name them.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: dataset folder not found")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: expected a folder of class folders, got a file")
+    skipped: list[Skipped] = []
+    class_names = []
+    samples: list[Sample] = []
+    entries = sorted(root.iterdir(), key=lambda entry: entry.name)
+    for entry in entries:
+        if not _visible(entry.name):
+            continue
+        if entry.is_dir():
+            class_names.append(entry.name)
+        elif entry.name not in _KNOWN_ROOT_FILES:
+            skipped.append(Skipped(entry, "file directly in the dataset root; put images in ROOT/<class>/"))
+    for label_index, name in enumerate(class_names):
+        for path in _walk_images(root / name, skipped):
+            samples.append(Sample(path=path, label=name, label_index=label_index))
+    return ClassFolderDataset(
+        root=root, class_names=tuple(class_names), samples=tuple(samples), skipped=tuple(skipped)
+    )

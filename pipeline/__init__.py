@@ -1,0 +1,1 @@
+"""Wires `detect` and `classify` together and owns the `detcrop` command line."""

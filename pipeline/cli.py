@@ -1,0 +1,56 @@
+"""`detcrop`: one subcommand per job. Only this layer prints and chooses exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+#: Subcommand modules under `pipeline.commands`; each has `register(subparsers)` that sets
+#: `handler(args) -> int` on its parser. Heavy imports (TensorFlow) happen inside handlers.
+COMMAND_MODULES = (
+    "validate",
+)
+
+#: Exit codes.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job ran and its answer is "no" (e.g. dataset not usable)
+EXIT_USAGE = 2  # bad arguments or input the job cannot start with
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detcrop",
+        description="Detect and crop objects in photos, train a classifier on the crops, score new photos.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"pipeline.commands.{name}").register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+        subparser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
+        # Library errors say what was expected and what was received; show them plainly.
+        print(f"detcrop {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
