@@ -104,7 +104,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         scaled = np.zeros_like(values) if high <= low else (values - low) * (255.0 / (high - low))
-        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+        return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 

@@ -68,9 +68,9 @@ class CropRecord:
                 object.__setattr__(self, name, tuple(value))
 
     def to_json(self) -> str:
-        """One JSON line (no newline), keys sorted, None fields omitted."""
+        """One JSON line (no newline), keys sorted, optional None fields omitted."""
         return json.dumps(
-            {key: value for key, value in asdict(self).items() if value is not None},
+            {key: value for key, value in asdict(self).items() if value is not None or key == "source_sha256"},
             sort_keys=True,
             ensure_ascii=False,
         )
