@@ -1,0 +1,177 @@
+"""The model bundle: one run folder that stage three scores with, no other file needed.
+
+A bundle is ``RUN/model.keras`` plus ``RUN/bundle.json``. The model takes raw RGB pixel
+values 0..255 (uint8 or float) and returns class probabilities; resizing, the backbone's
+normalisation, pooling and the head are all layers inside it (built-in Keras layers only, no
+Lambda, so it loads with ``safe_mode=True``).
+
+Where resizing happens (one place): the model's first layer after the input is a
+``keras.layers.Resizing(input_size, input_size, antialias=True)``, and the model input is
+``(None, None, 3)``, so ``model(image[None])`` works for an image of any size.
+`Bundle.predict` batches images of different sizes by bringing each one to
+``input_size x input_size`` with that same layer first; resizing an image that already has
+the target size is exactly the identity, so the result equals a per-image call.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from data.atomic import atomic_write_json
+
+#: File names inside a run folder.
+MODEL_NAME = "model.keras"
+BUNDLE_NAME = "bundle.json"
+#: Bumped when a bundle.json field changes meaning; readers refuse newer versions.
+BUNDLE_VERSION = 1
+#: Keys `save_bundle` requires in the metadata.
+REQUIRED_KEYS = ("class_names", "input_size", "backbone", "weights_source", "metrics", "config")
+#: Name of the resizing layer inside every bundle model (found again by `Bundle`).
+RESIZE_LAYER_NAME = "resize"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a bundle depends on (tf, keras, numpy, detcrop)."""
+    versions = {}
+    for key, distribution in (("tf", "tensorflow"), ("keras", "keras"), ("numpy", "numpy"), ("detcrop", "detcrop")):
+        try:
+            versions[key] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            versions[key] = "not installed"
+    return versions
+
+
+def resize_layer(input_size: int):
+    """The one resizing layer used in bundles, feature extraction and fine-tuning."""
+    import keras
+
+    # Antialiasing matters when large photos shrink to the input size; it is exact
+    # identity when the image already has the target size.
+    return keras.layers.Resizing(input_size, input_size, interpolation="bilinear", antialias=True,
+                                 name=RESIZE_LAYER_NAME)
+
+
+def resize_images(images: Sequence[np.ndarray], input_size: int, layer=None) -> np.ndarray:
+    """Stack uint8 HxWx3 images of any sizes into a float32 (N, size, size, 3) batch, 0..255."""
+    layer = layer or resize_layer(input_size)
+    batch = np.empty((len(images), input_size, input_size, 3), dtype=np.float32)
+    for index, image in enumerate(images):
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"image {index}: expected an HxWx3 RGB array, got shape {image.shape}")
+        if image.shape[:2] == (input_size, input_size):
+            batch[index] = image
+        else:
+            batch[index] = np.asarray(layer(image[None].astype(np.float32)))[0]
+    return batch
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: the Keras model and what travels with it."""
+
+    model: Any  # keras.Model: (None, None, 3) pixels 0..255 -> (classes,) probabilities
+    metadata: dict = field(repr=False)  # the parsed bundle.json
+    class_names: tuple[str, ...]  # label index -> class name (sorted folder names)
+    input_size: int  # side of the square image the backbone sees
+
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Class probabilities, shape (len(images), classes), for uint8 HxWx3 images of any size."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        layer = resize_layer(self.input_size)
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            batch = resize_images(images[start:start + batch_size], self.input_size, layer)
+            outputs.append(np.asarray(self.model(batch, training=False)))
+        return np.concatenate(outputs).astype(np.float32)
+
+
+def save_bundle(run_dir: str | os.PathLike, model, metadata: dict) -> Path:
+    """Write ``run_dir/model.keras`` then ``run_dir/bundle.json``, each atomically; returns run_dir.
+
+    `metadata` must hold class_names, input_size, backbone, weights_source, metrics and config;
+    versions (tf, keras, numpy, detcrop) are filled in when absent. Optional keys:
+    crop_config (the dataset's crop_config.json, so stage three crops new photos the same
+    way) and unknown_threshold. bundle.json is written last, so its presence means the
+    model beside it is complete.
+    """
+    run_dir = Path(run_dir)
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise ValueError(f"bundle metadata lacks {', '.join(missing)}; required keys: {', '.join(REQUIRED_KEYS)}")
+    classes = int(model.output_shape[-1])
+    if classes != len(metadata["class_names"]):
+        raise ValueError(
+            f"model has {classes} outputs but metadata names {len(metadata['class_names'])} classes"
+        )
+    metadata = dict(metadata)
+    metadata.setdefault("versions", library_versions())
+    metadata["bundle_version"] = BUNDLE_VERSION
+    metadata["class_names"] = list(metadata["class_names"])
+    metadata["input_size"] = int(metadata["input_size"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Keras insists on the .keras suffix, so the temporary name keeps it.
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{MODEL_NAME}.", suffix=".part.keras", dir=run_dir)
+    os.close(descriptor)
+    try:
+        model.save(temporary)
+        os.replace(temporary, run_dir / MODEL_NAME)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    atomic_write_json(run_dir / BUNDLE_NAME, metadata)
+    return run_dir
+
+
+def read_bundle_metadata(run_dir: str | os.PathLike) -> dict:
+    """The parsed ``bundle.json`` of `run_dir` (no TensorFlow needed)."""
+    run_dir = Path(run_dir)
+    path = run_dir / BUNDLE_NAME
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: run folder not found (expected a folder with {MODEL_NAME} and {BUNDLE_NAME})")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: bundle metadata not found; is {run_dir} a finished `detcrop train` run?")
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not readable bundle JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise ValueError(f"{path}: missing keys {', '.join(missing)}")
+    if metadata.get("bundle_version", BUNDLE_VERSION) > BUNDLE_VERSION:
+        raise ValueError(f"{path}: bundle version {metadata['bundle_version']} is newer than {BUNDLE_VERSION}")
+    return metadata
+
+
+def load_bundle(run_dir: str | os.PathLike) -> Bundle:
+    """Load ``run_dir/model.keras`` and ``run_dir/bundle.json`` into a `Bundle`.
+
+    >>> bundle = load_bundle("runs/watches")  # doctest: +SKIP
+    >>> bundle.class_names[bundle.predict([image]).argmax()]  # doctest: +SKIP
+    'rolex'
+    """
+    import keras
+
+    run_dir = Path(run_dir)
+    metadata = read_bundle_metadata(run_dir)
+    model_path = run_dir / MODEL_NAME
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    class_names = tuple(metadata["class_names"])
+    if int(model.output_shape[-1]) != len(class_names):
+        raise ValueError(
+            f"{model_path}: model has {model.output_shape[-1]} outputs but {BUNDLE_NAME} names {len(class_names)} classes"
+        )
+    return Bundle(model=model, metadata=metadata, class_names=class_names, input_size=int(metadata["input_size"]))
