@@ -12,6 +12,8 @@ from typing import Sequence
 #: `handler(args) -> int` on its parser. Heavy imports (TensorFlow) happen inside handlers.
 COMMAND_MODULES = (
     "validate",
+    "crop",
+    "predict",
 )
 
 #: Exit codes.
