@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "validate",
     "crop",
     "predict",
+    "train",
+    "evaluate",
 )
 
 #: Exit codes.
