@@ -366,12 +366,12 @@ def crop_photos(
                          f"Pick an output folder outside it")
     for path in not_images:
         logger.warning("%s: skipped, not an image file", path)
+    dataset.mkdir(parents=True, exist_ok=True)
+    _check_config(dataset, config)
     if detector is None:
         from detect.base import load_detector
 
         detector = load_detector(config.detector)
-    dataset.mkdir(parents=True, exist_ok=True)
-    _check_config(dataset, config)
     done = _resume_state(dataset)
     summary = CropSummary(dataset=str(dataset), photos_seen=len(photos), not_images=len(not_images))
     limits = config.image_limits

@@ -80,8 +80,9 @@ def crop_region(
                   min(math.ceil(x_max), width), min(math.ceil(y_max), height))
     else:
         side = math.ceil(max(x_max - x_min, y_max - y_min) - 1e-6)
-        left = int(round((x_min + x_max) / 2 - side / 2))
-        top = int(round((y_min + y_max) / 2 - side / 2))
+        # Half-up rounding of the centred start (Python's round() would round half to even).
+        left = math.floor((x_min + x_max) / 2 - side / 2 + 0.5)
+        top = math.floor((y_min + y_max) / 2 - side / 2 + 0.5)
         if square == "pad":
             region = (left, top, left + side, top + side)
         else:
