@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "predict",
     "train",
     "evaluate",
+    "export",
 )
 
 #: Exit codes.

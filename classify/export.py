@@ -1,0 +1,148 @@
+"""Exporting a bundle for use outside detcrop: TF SavedModel or TFLite, with the labels beside it.
+
+- `savedmodel`: a TF SavedModel written by Keras' `ExportArchive`, with a `serve` endpoint
+  (also the `serving_default` signature). Input: float32 `[batch, height, width, 3]` raw RGB pixel
+  values 0..255 of ANY size; resizing and normalisation are inside, as in the bundle.
+- `tflite`: the same model for TFLite with a fixed float32 `[1, S, S, 3]` input of raw
+  0..255 pixels, S = the bundle's input size. TFLite has no builtin for the antialiased
+  resize the bundle uses (`ScaleAndTranslate`), so the exported graph starts after the
+  resize layer and the caller resizes to S x S first (antialiased bilinear, as
+  `classify.bundle.resize_images` does); `--quantize` applies dynamic-range quantization
+  (int8 weights, float activations; about 4x smaller).
+
+Beside the model: `labels.txt` (one class name per line, in output order) and
+`export.json` (format, input spec, class names, the bundle's metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+EXPORT_FORMATS = ("savedmodel", "tflite")
+LABELS_NAME = "labels.txt"
+EXPORT_META_NAME = "export.json"
+TFLITE_NAME = "model.tflite"
+SAVEDMODEL_DIR = "saved_model"
+
+
+def _tflite_source_model(bundle):
+    """The bundle model from just after its resize layer: fixed S x S raw-pixel input."""
+    import keras
+
+    from classify.bundle import RESIZE_LAYER_NAME
+
+    resize = bundle.model.get_layer(RESIZE_LAYER_NAME)
+    return keras.Model(resize.output, bundle.model.output, name="detcrop_tflite")
+
+
+def _write_saved_model(model, path: Path, shape: list) -> None:
+    """A SavedModel whose `serve` endpoint runs `model` in inference mode."""
+    import keras
+    import tensorflow as tf
+
+    # An explicit endpoint with training=False: with Keras 3.15, calling a model whose first
+    # layer is Resizing with training=None (what Model.export does) runs BatchNormalization
+    # on batch statistics; tests/pipeline/test_export.py catches that.
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=lambda images: model(images, training=False),
+                         input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
+    archive.write_out(str(path), verbose=False)
+
+
+def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, export_format: str = "savedmodel",
+                  quantize: bool = False) -> Path:
+    """Export the bundle in `run_dir` into `out_dir`; returns the model's path.
+
+    `out_dir` is filled in a temporary sibling folder and renamed into place at the end, so
+    a crash leaves no half export; an existing `out_dir` is replaced.
+    """
+    import tensorflow as tf
+
+    from classify.bundle import load_bundle
+
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
+    if quantize and export_format != "tflite":
+        raise ValueError("--quantize applies to --format tflite only")
+    bundle = load_bundle(run_dir)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    try:
+        if export_format == "savedmodel":
+            _write_saved_model(bundle.model, staging / SAVEDMODEL_DIR, [None, None, None, 3])
+            model_name = SAVEDMODEL_DIR
+            input_spec = {"dtype": "float32", "shape": [None, None, None, 3], "range": "0..255 RGB, any size"}
+        else:
+            size = bundle.input_size
+            intermediate = staging / ".tflite_source"
+            _write_saved_model(_tflite_source_model(bundle), intermediate, [1, size, size, 3])
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(intermediate))
+            if quantize:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            atomic_write_bytes(staging / TFLITE_NAME, converter.convert())
+            shutil.rmtree(intermediate)
+            model_name = TFLITE_NAME
+            input_spec = {"dtype": "float32", "shape": [1, size, size, 3],
+                          "range": f"0..255 RGB, resized to {size}x{size} (antialiased bilinear) by the caller"}
+        atomic_write_text(staging / LABELS_NAME, "".join(f"{name}\n" for name in bundle.class_names))
+        atomic_write_json(staging / EXPORT_META_NAME, {
+            "format": export_format, "quantized": quantize, "model": model_name, "input": input_spec,
+            "output": {"dtype": "float32", "shape": [None, len(bundle.class_names)], "meaning": "probabilities"},
+            "class_names": list(bundle.class_names), "bundle": bundle.metadata,
+        })
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir / model_name
+
+
+class ExportedModel:
+    """Runs an exported model the way its `export.json` says; used for parity checks.
+
+    >>> ExportedModel("export/").predict([image])  # doctest: +SKIP
+    """
+
+    def __init__(self, export_dir: str | os.PathLike):
+        import tensorflow as tf
+
+        self.export_dir = Path(export_dir)
+        meta_path = self.export_dir / EXPORT_META_NAME
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: not an export folder (written by `detcrop export`)")
+        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        self.class_names = tuple(self.meta["class_names"])
+        self.input_size = int(self.meta["bundle"]["input_size"])
+        if self.meta["format"] == "savedmodel":
+            self._saved = tf.saved_model.load(str(self.export_dir / self.meta["model"]))
+        else:
+            self._interpreter = tf.lite.Interpreter(model_path=str(self.export_dir / self.meta["model"]))
+            self._interpreter.allocate_tensors()
+
+    def predict(self, images) -> "np.ndarray":
+        """Probabilities for uint8 HxWx3 images of any size."""
+        import numpy as np
+
+        from classify.bundle import resize_images
+
+        rows = []
+        for image in images:
+            if self.meta["format"] == "savedmodel":
+                rows.append(np.asarray(self._saved.serve(np.asarray(image, np.float32)[None]))[0])
+            else:
+                batch = resize_images([image], self.input_size)
+                interpreter = self._interpreter
+                interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+                interpreter.invoke()
+                rows.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+        return np.stack(rows).astype(np.float32)

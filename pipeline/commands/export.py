@@ -1,0 +1,43 @@
+"""`detcrop export RUN --format savedmodel|tflite --out DIR [--quantize]`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained run as a TF SavedModel or TFLite model, with labels.txt",
+        description="SavedModel: raw 0..255 RGB images of any size in, probabilities out. TFLite: a fixed "
+        "[1, S, S, 3] raw-pixel input (resize first; see export.json). --quantize: dynamic-range int8 weights.",
+    )
+    parser.add_argument("run", help="run folder written by `detcrop train`")
+    parser.add_argument("--format", dest="export_format", choices=("savedmodel", "tflite"), default="savedmodel")
+    parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    parser.add_argument("--quantize", action="store_true", help="TFLite only: int8 weights, float activations")
+    parser.add_argument("--check", nargs="*", metavar="PHOTO",
+                        help="compare the export with the bundle on these images and print the largest difference")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from classify.export import export_bundle
+
+    path = export_bundle(args.run, args.out, args.export_format, args.quantize)
+    print(f"wrote {path} (labels: {args.out}/labels.txt, spec: {args.out}/export.json)")
+    if args.check:
+        import numpy as np
+
+        from classify.bundle import load_bundle
+        from classify.export import ExportedModel
+        from data.images import load_image_array
+        from pipeline.scoring import expand_photo_paths
+
+        images = [load_image_array(path) for path in expand_photo_paths(args.check)]
+        expected = load_bundle(args.run).predict(images, tta_flip=False)
+        received = ExportedModel(args.out).predict(images)
+        agree = float(np.mean(expected.argmax(axis=1) == received.argmax(axis=1)))
+        print(f"parity on {len(images)} image(s): max |p_export - p_bundle| = {np.abs(expected - received).max():.2e}, "
+              f"top-1 agreement {agree:.1%}")
+    return 0

@@ -1,0 +1,85 @@
+"""`detcrop predict RUN PHOTOS...`: detect, crop as in training, classify; table, JSON, CSV, plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="score new photos end to end with a trained run",
+        description="For every photo: detect the target objects, crop them exactly as the run's training crops "
+        "were made, classify each crop. Prints a table; --json/--csv write the same to files.",
+    )
+    parser.add_argument("run", help="run folder written by `detcrop train` (model.keras + bundle.json)")
+    parser.add_argument("photos", nargs="+", help="photo files or folders (searched recursively)")
+    parser.add_argument("--detector", help="detector name, TF Hub handle, SavedModel folder or .pb "
+                        "(default: the one the training crops were made with)")
+    parser.add_argument("--no-detect", action="store_true", help="classify whole images (data already cropped)")
+    parser.add_argument("--unknown-threshold", type=float,
+                        help="label an object 'unknown' under this top probability (default: chosen on the "
+                        "run's validation data, stored in bundle.json)")
+    parser.add_argument("--score-threshold", type=float, help="detector score threshold (default: the crop config's)")
+    parser.add_argument("--max-objects", type=int, default=10, help="objects scored per photo, best first (default 10)")
+    parser.add_argument("--json", dest="json_path", help="write all results to this JSON file")
+    parser.add_argument("--csv", dest="csv_path", help="write one row per object to this CSV file")
+    parser.add_argument("--plot", metavar="DIR", help="write a PNG per photo (boxes and a bar per class) into DIR")
+    beginner = parser.add_argument_group("beginner's questions (answers printed per photo)")
+    beginner.add_argument("--which-class", action="store_true", help="print the photo's class")
+    beginner.add_argument("--confidence-of", metavar="CLASS", help="print the confidence of CLASS (0 if nothing found)")
+    beginner.add_argument("--is-class", metavar="CLASS", help="print true/false: is the photo's class CLASS?")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from data.images import load_image_array
+    from pipeline.prediction_outputs import format_table, plot_photo, predictions_document, write_csv, write_json
+    from pipeline.scoring import Scorer, expand_photo_paths
+
+    if args.max_objects < 1:
+        raise ValueError(f"--max-objects must be >= 1, got {args.max_objects}")
+    scorer = Scorer.load(args.run, detector=args.detector, detect=not args.no_detect,
+                         unknown_threshold=args.unknown_threshold, max_objects=args.max_objects,
+                         score_threshold=args.score_threshold)
+    for name in (args.confidence_of, args.is_class):
+        if name is not None and name not in scorer.class_names:
+            raise ValueError(f"unknown class {name!r}; this run's classes are: {', '.join(scorer.class_names)}")
+    paths = expand_photo_paths(args.photos)
+    if not paths:
+        raise FileNotFoundError(f"no photos found in {', '.join(args.photos)}")
+    results = []
+    for path in tqdm(paths, desc="predict", unit="photo", disable=args.quiet or len(paths) < 2):
+        result = scorer.score(path)
+        results.append(result)
+        if args.plot and result.error is None:
+            plot_photo(Path(args.plot) / f"{Path(path).stem}.png", load_image_array(path), result, scorer.class_names)
+
+    print(format_table(results))
+    for result in results:
+        answers = []
+        if args.which_class:
+            answers.append(f"class={result.top_class() or 'nothing found'}")
+        if args.confidence_of:
+            answers.append(f"confidence({args.confidence_of})={result.confidence(args.confidence_of):.3f}")
+        if args.is_class:
+            answers.append(f"is {args.is_class}={'true' if result.is_class(args.is_class) else 'false'}")
+        if answers:
+            print(f"{result.path}: " + "  ".join(answers))
+    document = predictions_document(results, scorer.class_names, scorer.unknown_threshold, args.run)
+    if args.json_path:
+        write_json(args.json_path, document)
+        print(f"wrote {args.json_path}")
+    if args.csv_path:
+        write_csv(args.csv_path, results, scorer.class_names)
+        print(f"wrote {args.csv_path}")
+    if args.plot:
+        print(f"wrote plots to {args.plot}/")
+    failed = sum(result.error is not None for result in results)
+    if failed:
+        print(f"{failed} of {len(results)} photo(s) could not be read (see the table)", file=sys.stderr)
+    return 0 if failed < len(results) else 1

@@ -1,0 +1,114 @@
+"""What `detcrop predict` writes: a terminal table, JSON, CSV and one PNG per photo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from data.atomic import atomic_write_bytes, atomic_write_text
+from pipeline.scoring import PhotoResult
+
+#: Bumped when the JSON layout changes meaning.
+PREDICTIONS_SCHEMA_VERSION = 1
+
+
+def predictions_document(results: Sequence[PhotoResult], class_names: Sequence[str], unknown_threshold: float,
+                         run_dir: str) -> dict:
+    """The JSON document: schema version, run, classes, threshold, then one entry per photo."""
+    return {
+        "schema_version": PREDICTIONS_SCHEMA_VERSION,
+        "run": str(run_dir),
+        "class_names": list(class_names),
+        "unknown_threshold": unknown_threshold,
+        "photos": [result.to_dict() for result in results],
+    }
+
+
+def write_json(path: str | os.PathLike, document: dict) -> None:
+    atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, results: Sequence[PhotoResult], class_names: Sequence[str]) -> None:
+    """One row per object (and one per photo without any), a probability column per class."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "object", "label", "top_class", "top_probability", "detector_score",
+                     "x_min", "y_min", "x_max", "y_max", *[f"p_{name}" for name in class_names], "note"])
+    for result in results:
+        if not result.objects:
+            writer.writerow([result.path, "", "", "", "", "", "", "", "", "", *[""] * len(class_names),
+                             result.error or result.note or "no object"])
+        for index, item in enumerate(result.objects):
+            box = item.box or item.crop_box
+            writer.writerow([result.path, index, item.label, item.top_class, f"{item.top_probability:.4f}",
+                             "" if item.detector_score is None else f"{item.detector_score:.4f}",
+                             *[f"{value:g}" for value in box],
+                             *[f"{item.probabilities[name]:.4f}" for name in class_names], ""])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def format_table(results: Sequence[PhotoResult], max_width: int = 40) -> str:
+    """A terminal table: photo, object, label, probability, detector score, box."""
+    rows = [("photo", "#", "label", "prob", "det", "box")]
+    for result in results:
+        name = Path(result.path).name
+        if len(name) > max_width:
+            name = "..." + name[-(max_width - 3):]
+        if not result.objects:
+            rows.append((name, "-", "ERROR" if result.error else "no object", "", "",
+                         (result.error or result.note or "")[:60]))
+        for index, item in enumerate(result.objects):
+            box = "whole photo" if item.box is None else ",".join(f"{value:.0f}" for value in item.box)
+            rows.append((name, str(index), item.label if item.label == item.top_class
+                         else f"{item.label} ({item.top_class}?)", f"{item.top_probability:.3f}",
+                         "" if item.detector_score is None else f"{item.detector_score:.2f}", box))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def plot_photo(path: str | os.PathLike, image, result: PhotoResult, class_names: Sequence[str]) -> None:
+    """A PNG: the photo with numbered boxes, and one bar chart of class probabilities per object."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    objects = list(result.objects)
+    columns = 1 + max(1, len(objects))
+    figure, axes = plt.subplots(1, columns, figsize=(4.5 * columns, 4.2),
+                                gridspec_kw={"width_ratios": [1.4] + [1] * (columns - 1)})
+    photo_axis = axes[0]
+    photo_axis.imshow(image)
+    photo_axis.set_axis_off()
+    photo_axis.set_title(Path(result.path).name[:40], fontsize=9)
+    for index, item in enumerate(objects):
+        if item.box is not None:
+            x0, y0, x1, y1 = item.box
+            photo_axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", linewidth=2))
+            photo_axis.text(x0, y0, f"{index}: {item.label}", color="black", backgroundcolor="lime", fontsize=8,
+                            va="bottom")
+    if not objects:
+        axes[1].text(0.5, 0.5, result.error or result.note or "no object found", ha="center", va="center",
+                     wrap=True, fontsize=9)
+        axes[1].set_axis_off()
+    for index, item in enumerate(objects):
+        axis = axes[1 + index]
+        values = [item.probabilities[name] for name in class_names]
+        colours = ["tab:green" if name == item.top_class else "tab:gray" for name in class_names]
+        axis.barh(range(len(class_names)), values, color=colours)
+        axis.set_yticks(range(len(class_names)), labels=class_names, fontsize=8)
+        axis.invert_yaxis()
+        axis.set_xlim(0, 1)
+        axis.set_title(f"object {index}: {item.label} ({item.top_probability:.2f})", fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,204 @@
+"""Stage three: score photos end to end (detect, crop as in training, classify).
+
+`Scorer` loads the detector and the bundle once. For each photo it finds the target objects,
+cuts each one exactly as the bundle's training crops were cut (the dataset's
+`crop_config.json` travels in `bundle.json` as `crop_config`), classifies the crops in one
+batch and returns a `PhotoResult`. With `detect=False` the whole photo is classified, for
+data that is already cropped.
+
+The beginner's questions (as in block-coding tools) are methods of `PhotoResult`:
+`top_class()`, `confidence(name)` and `is_class(name)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from data.config import build_config
+from data.images import ImageError, ImageLimits, load_image_array
+
+logger = logging.getLogger(__name__)
+
+#: Label used when the top probability is under the bundle's unknown threshold.
+UNKNOWN = "unknown"
+#: Used when a bundle carries no threshold chosen on validation data.
+FALLBACK_UNKNOWN_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """One object found in a photo and what the classifier says about it."""
+
+    box: tuple[float, float, float, float] | None  # detector box, pixels xyxy (None: whole photo)
+    crop_box: tuple[int, int, int, int] | None  # region that was classified
+    detector_score: float | None  # detector confidence (None: whole photo)
+    probabilities: dict[str, float]  # every class, in class order
+    label: str  # top class, or "unknown" when its probability is under the threshold
+    top_class: str  # top class regardless of the threshold
+    top_probability: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PhotoResult:
+    """What `Scorer.score` says about one photo."""
+
+    path: str
+    objects: tuple[ObjectResult, ...] = ()
+    error: str | None = None  # the photo could not be read (the reason)
+    note: str | None = None  # why no object was found, when none was
+    seconds: float = 0.0  # wall time spent on this photo (read, detect, crop, classify)
+
+    def top_class(self) -> str | None:
+        """Which class? The label of the most confident object; None when nothing was found."""
+        if not self.objects:
+            return None
+        return max(self.objects, key=lambda item: item.top_probability).label
+
+    def confidence(self, class_name: str) -> float:
+        """The confidence of class X: its highest probability over the objects; 0 when nothing was found."""
+        return max((item.probabilities[class_name] for item in self.objects), default=0.0)
+
+    def is_class(self, class_name: str) -> bool:
+        """Is it class X? True when the photo's top class is X (never when nothing was found)."""
+        return self.top_class() == class_name
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path, "error": self.error, "note": self.note, "seconds": round(self.seconds, 4),
+            "top_class": self.top_class(), "objects": [item.to_dict() for item in self.objects],
+        }
+
+
+@dataclass
+class Scorer:
+    """Detector + bundle, loaded once; see the module doc.
+
+    >>> scorer = Scorer.load("runs/watches")  # doctest: +SKIP
+    >>> scorer.score("photo.jpg").top_class()  # doctest: +SKIP
+    'rolex'
+    """
+
+    bundle: object  # classify.bundle.Bundle
+    detector: object | None  # detect.base.Detector, None for whole-photo scoring
+    crop_config: object  # detect.crop.CropConfig
+    unknown_threshold: float
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    tta_flip: bool | None = None  # None: as the bundle was evaluated
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, detector: str | None = None, detect: bool = True,
+             unknown_threshold: float | None = None, max_objects: int = 10, score_threshold: float | None = None,
+             limits: ImageLimits = ImageLimits()) -> "Scorer":
+        """Load the bundle in `run_dir` and (unless `detect=False`) the detector it was cropped with.
+
+        `detector` overrides the detector named in the bundle's crop config; `max_objects`
+        caps the objects scored per photo (training may keep only the best one); a
+        `score_threshold` overrides the crop config's.
+        """
+        from classify.bundle import load_bundle
+        from detect.crop import CropConfig
+
+        bundle = load_bundle(run_dir)
+        saved = dict(bundle.metadata.get("crop_config") or {})
+        if detect and not saved:
+            logger.warning("%s: bundle has no crop_config (not trained on detcrop crops); using crop defaults", run_dir)
+        runtime = {"max_crops_per_photo": max_objects, "on_empty": "record"}
+        if detector is not None:
+            runtime["detector"] = str(detector)
+        if score_threshold is not None:
+            runtime["score_threshold"] = score_threshold
+        crop_config = build_config(CropConfig, {**saved, **runtime})
+        threshold = unknown_threshold
+        if threshold is None:
+            threshold = bundle.metadata.get("unknown_threshold")
+        if threshold is None:
+            threshold = FALLBACK_UNKNOWN_THRESHOLD
+            logger.warning("%s: bundle has no unknown_threshold; using %.2f", run_dir, threshold)
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"unknown threshold must be in [0, 1], got {threshold}")
+        loaded_detector = None
+        if detect:
+            from detect.base import load_detector
+
+            loaded_detector = load_detector(crop_config.detector)
+        return cls(bundle=bundle, detector=loaded_detector, crop_config=crop_config,
+                   unknown_threshold=float(threshold), limits=limits)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.bundle.class_names
+
+    def _objects(self, image: np.ndarray) -> tuple[list[ObjectResult], str | None]:
+        from detect.crop import crop_detections, describe_empty
+
+        if self.detector is None:
+            height, width = image.shape[:2]
+            regions = [(None, (0, 0, width, height), None, image)]
+            note = None
+        else:
+            detections = self.detector.detect(image)
+            crops = crop_detections(image, detections, self.crop_config)
+            regions = [(crop.box, crop.crop_box, crop.score, crop.image) for crop in crops]
+            note = None if crops else describe_empty(detections, self.crop_config)
+        if not regions:
+            return [], note
+        probabilities = self.bundle.predict([region[3] for region in regions], tta_flip=self.tta_flip)
+        objects = []
+        for (box, crop_box, score, _), row in zip(regions, probabilities):
+            top = int(np.argmax(row))
+            objects.append(ObjectResult(
+                box=None if box is None else tuple(round(float(value), 2) for value in box),
+                crop_box=tuple(int(value) for value in crop_box),
+                detector_score=None if score is None else round(float(score), 6),
+                probabilities={name: round(float(value), 6) for name, value in zip(self.class_names, row)},
+                label=self.class_names[top] if row[top] >= self.unknown_threshold else UNKNOWN,
+                top_class=self.class_names[top],
+                top_probability=round(float(row[top]), 6),
+            ))
+        return objects, note
+
+    def score_image(self, image: np.ndarray, path: str = "<array>") -> PhotoResult:
+        """Score an already decoded uint8 (H, W, 3) image."""
+        start = time.perf_counter()
+        objects, note = self._objects(image)
+        return PhotoResult(path=path, objects=tuple(objects), note=note, seconds=time.perf_counter() - start)
+
+    def score(self, path: str | os.PathLike) -> PhotoResult:
+        """Read and score one photo; an unreadable photo gives a result with `error`, never an exception."""
+        start = time.perf_counter()
+        try:
+            image = load_image_array(path, self.limits)
+        except ImageError as error:
+            return PhotoResult(path=str(path), error=error.reason, seconds=time.perf_counter() - start)
+        objects, note = self._objects(image)
+        return PhotoResult(path=str(path), objects=tuple(objects), note=note, seconds=time.perf_counter() - start)
+
+    def score_many(self, paths: Iterable[str | os.PathLike]) -> Iterator[PhotoResult]:
+        for path in paths:
+            yield self.score(path)
+
+
+def expand_photo_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given, and folders expanded recursively to their image files (sorted)."""
+    from data.images import is_image_path
+
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            paths.extend(sorted(path for path in item.rglob("*")
+                                if path.is_file() and is_image_path(path) and not path.name.startswith(".")))
+        else:
+            paths.append(item)  # missing files become per-photo errors, not a crash
+    return paths

@@ -1,0 +1,172 @@
+"""Stage three end to end on generated scenes: a fake detector, a tiny real bundle, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from classify.bundle import RESIZE_LAYER_NAME, save_bundle
+from data.config import config_to_dict
+from detect.crop import CropConfig
+from detect.detections import Detections
+from pipeline.cli import main
+from pipeline.scoring import UNKNOWN, Scorer
+
+CLASSES = ("dark", "light")
+
+
+class SquareFinder:
+    """A fake detector: the bounding box of pixels brighter than 250 or darker than 5, as COCO clock."""
+
+    name = "square-finder"
+
+    def detect(self, image: np.ndarray) -> Detections:
+        height, width = image.shape[:2]
+        mask = (image.min(axis=2) > 250) | (image.max(axis=2) < 5)
+        if not mask.any():
+            return Detections.empty((width, height))
+        ys, xs = np.nonzero(mask)
+        return Detections(boxes_xyxy=np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32),
+                          scores=np.array([0.9], np.float32), class_ids=np.array([85]), class_names=("clock",),
+                          image_size=(width, height))
+
+
+def scene(value: int | None, seed: int, size=(96, 72)) -> np.ndarray:
+    """Mid-grey noise with a dark (value 0) or light (255) square, or none."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(60, 190, size=(size[1], size[0], 3), dtype=np.uint8)
+    if value is not None:
+        x, y = int(rng.integers(0, size[0] - 30)), int(rng.integers(0, size[1] - 30))
+        image[y:y + 24, x:x + 24] = value
+    return image
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny bundle whose model says 'light' for bright crops and 'dark' for dark ones."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Resizing(16, 16, antialias=True, name=RESIZE_LAYER_NAME)(inputs)
+    x = keras.layers.Rescaling(1 / 255.0)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    # Mean brightness m in [0, 1]: logits (-8m + 4, 8m - 4) put 'light' above 0.5 when m > 0.5.
+    model.layers[-1].set_weights([np.array([[-8 / 3, 8 / 3]] * 3, np.float32), np.array([4, -4], np.float32)])
+    run = tmp_path_factory.mktemp("run")
+    crop_config = config_to_dict(CropConfig(margin=0.0, square="none", min_size=8))
+    save_bundle(run, model, {
+        "class_names": list(CLASSES), "input_size": 16, "backbone": "test", "weights_source": "fixed",
+        "metrics": {}, "config": {}, "crop_config": crop_config, "unknown_threshold": 0.6,
+    })
+    return run
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    paths = {}
+    for name, value in (("dark", 0), ("light", 255), ("empty", None)):
+        paths[name] = tmp_path / f"{name}.png"
+        Image.fromarray(scene(value, seed=len(name))).save(paths[name])
+    paths["broken"] = tmp_path / "broken.jpg"
+    paths["broken"].write_bytes(b"\xff\xd8 not really a jpeg")
+    return paths
+
+
+@pytest.fixture()
+def scorer(run_dir, monkeypatch):
+    import detect.base
+
+    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
+    return Scorer.load(run_dir)
+
+
+def test_objects_are_found_cropped_and_classified(scorer, photos):
+    assert scorer.crop_config.margin == 0.0 and scorer.crop_config.max_crops_per_photo == 10
+    dark, light = scorer.score(photos["dark"]), scorer.score(photos["light"])
+    assert dark.top_class() == "dark" and light.top_class() == "light"
+    (item,) = light.objects
+    x0, y0, x1, y1 = item.box
+    assert (x1 - x0, y1 - y0) == (24, 24)
+    assert item.crop_box == tuple(int(value) for value in item.box)  # margin 0, no squaring, from the bundle
+    assert sum(item.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert item.probabilities["light"] > 0.9 and item.detector_score == pytest.approx(0.9)
+    assert light.confidence("light") == item.probabilities["light"]
+    assert light.is_class("light") and not light.is_class("dark")
+
+
+def test_no_object_and_unreadable_photo(scorer, photos):
+    empty = scorer.score(photos["empty"])
+    assert empty.objects == () and empty.top_class() is None and "no clock" in empty.note
+    assert empty.confidence("light") == 0.0 and not empty.is_class("light")
+    broken = scorer.score(photos["broken"])
+    assert broken.error and broken.objects == () and broken.top_class() is None
+
+
+def test_unknown_under_threshold(run_dir, photos, monkeypatch):
+    import detect.base
+
+    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
+    strict = Scorer.load(run_dir, unknown_threshold=1.0)
+    (item,) = strict.score(photos["light"]).objects
+    assert item.label == UNKNOWN and item.top_class == "light"
+    with pytest.raises(ValueError, match="unknown threshold"):
+        Scorer.load(run_dir, unknown_threshold=1.5)
+
+
+def test_predict_cli_json_csv_plot_and_questions(run_dir, photos, tmp_path, monkeypatch, capsys):
+    import detect.base
+
+    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
+    out_json, out_csv, plots = tmp_path / "p.json", tmp_path / "p.csv", tmp_path / "plots"
+    code = main(["predict", str(run_dir), *(str(photos[name]) for name in ("dark", "light", "empty", "broken")),
+                 "--json", str(out_json), "--csv", str(out_csv), "--plot", str(plots), "-q",
+                 "--which-class", "--confidence-of", "light", "--is-class", "dark"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "no object" in printed and "ERROR" in printed
+    assert f"{photos['dark']}: class=dark  confidence(light)=0.0" in printed
+    assert f"{photos['empty']}: class=nothing found  confidence(light)=0.000  is dark=false" in printed
+
+    document = json.loads(out_json.read_text())
+    assert document["schema_version"] == 1 and document["class_names"] == list(CLASSES)
+    assert document["unknown_threshold"] == 0.6
+    by_name = {entry["path"].split("/")[-1]: entry for entry in document["photos"]}
+    assert set(by_name["light.png"]) == {"path", "error", "note", "seconds", "top_class", "objects"}
+    assert set(by_name["light.png"]["objects"][0]) == {
+        "box", "crop_box", "detector_score", "probabilities", "label", "top_class", "top_probability"}
+    assert by_name["broken.jpg"]["error"] and by_name["empty.png"]["objects"] == []
+
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [row["label"] for row in rows] == ["dark", "light", "", ""]
+    assert float(rows[1]["p_light"]) > 0.9
+    assert sorted(path.name for path in plots.iterdir()) == ["dark.png", "empty.png", "light.png"]
+    assert all(path.stat().st_size > 5000 for path in plots.iterdir())
+
+
+def test_no_detect_classifies_whole_images(run_dir, tmp_path, capsys):
+    bright = tmp_path / "bright.png"
+    Image.fromarray(np.full((20, 30, 3), 240, np.uint8)).save(bright)
+    assert main(["predict", str(run_dir), str(bright), "--no-detect", "--json", str(tmp_path / "o.json"), "-q"]) == 0
+    (entry,) = json.loads((tmp_path / "o.json").read_text())["photos"]
+    (item,) = entry["objects"]
+    assert item["box"] is None and item["crop_box"] == [0, 0, 30, 20] and item["top_class"] == "light"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--confidence-of", "purple"], "unknown class 'purple'"),
+    (["--max-objects", "0"], "--max-objects"),
+])
+def test_predict_cli_refuses_bad_options(run_dir, photos, capsys, argv, message):
+    assert main(["predict", str(run_dir), str(photos["light"]), "--no-detect", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_run_is_a_clear_error(tmp_path, photos, capsys):
+    assert main(["predict", str(tmp_path / "no-run"), str(photos["light"])]) == 2
+    assert "run folder not found" in capsys.readouterr().err
