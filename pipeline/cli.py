@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "train",
     "evaluate",
     "export",
+    "baseline",
+    "demo",
 )
 
 #: Exit codes.

@@ -1,0 +1,81 @@
+"""`detcrop baseline`: a small CNN trained from scratch, the model to compare against."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from data.config import build_config
+
+#: Where a run goes when --out is not given: runs/baseline-<dataset>-<recipe>.
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    # Defaults are read from the config dataclass without importing TensorFlow.
+    from classify.baseline import RECIPES, BaselineConfig
+
+    defaults = BaselineConfig()
+    parser = subparsers.add_parser(
+        "baseline",
+        help="train a small CNN from scratch (CIFAR-10, Fashion-MNIST or class folders)",
+        description="Train the classic small CNN from scratch and write reports and a model bundle that "
+        "`predict --no-detect` can use. Recipes: "
+        + "; ".join(f"{name}: {recipe.description}" for name, recipe in RECIPES.items()) + ".",
+    )
+    parser.add_argument("--dataset", default=defaults.dataset,
+                        help="cifar10, fashion-mnist or a class-folder root ROOT/<class>/<image> (default %(default)s)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the dataset files (cifar-10-batches-py, or the Fashion-MNIST IDX files); "
+                        "default: search the Keras cache and /usr/share/datasets/fashion-mnist, else download")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=defaults.recipe,
+                        help="seed: the classic CNN exactly; fast: tuned for a small CPU (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's (seed 10, fast %d)"
+                        % RECIPES["fast"].epochs)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's (seed 32, fast %d)"
+                        % RECIPES["fast"].batch_size)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak learning rate; default: the recipe's (seed 1e-3, fast %g)" % RECIPES["fast"].learning_rate)
+    parser.add_argument("--out", default=None, help="run folder (default runs/baseline-<dataset>-<recipe>)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use at most N train and N test images, drawn with the seed (quick runs)")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size,
+                        help="class folders: square input side in pixels (default %(default)s)")
+    parser.set_defaults(handler=run)
+
+
+def _default_run_dir(dataset: str, recipe: str) -> Path:
+    name = Path(dataset).name if dataset not in ("cifar10", "fashion-mnist") else dataset
+    return DEFAULT_RUNS_DIR / f"baseline-{name or 'dataset'}-{recipe}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from classify.baseline import BaselineConfig, run_baseline
+    from classify.reports import format_summary
+
+    overrides = {
+        "dataset": args.dataset, "data_dir": args.data_dir, "recipe": args.recipe, "epochs": args.epochs,
+        "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
+        "limit": args.limit, "image_size": args.image_size,
+    }
+    config = build_config(BaselineConfig, {key: value for key, value in overrides.items() if value is not None})
+    run_dir = Path(args.out) if args.out else _default_run_dir(config.dataset, config.recipe)
+    summary = run_baseline(config, run_dir, progress=not args.quiet)
+    training = summary["training"]
+    skipped = training["skipped"]
+    if skipped:
+        print(f"skipped {len(skipped)} files:")
+        for item in skipped[:10]:
+            print(f"  {item['path']}: {item['reason']}")
+        if len(skipped) > 10:
+            print(f"  ... and {len(skipped) - 10} more (training_log.json)")
+    print(format_summary(summary["metrics"]))
+    print()
+    print(
+        f"recipe {training['recipe']}: {training['params']:,} params, {training['train_images']} train images, "
+        f"{len(training['epochs'])} epochs in {training['train_seconds']:.1f} s "
+        f"({training['samples_per_second']:.0f} samples/s)"
+    )
+    print(f"run folder: {summary['run_dir']} (bundle, metrics.json, confusion_matrix.png, curves.png)")
+    return 0
