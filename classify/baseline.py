@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 #: Parameters of the seed CNN at 32x32x3 with 10 classes (the tutorial's figure).
 SEED_PARAMS_CIFAR10 = 122_570
+#: Smallest square input the seed CNN accepts: 18 -> 16 -> 8 -> 6 -> 3 -> 1.
+MIN_IMAGE_SIZE = 18
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,11 @@ class BaselineConfig:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.image_size < 16:
-            raise ConfigError(f"image_size must be at least 16 (three 3x3 convolutions), got {self.image_size}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(
+                f"image_size must be at least {MIN_IMAGE_SIZE} (the seed CNN's three valid 3x3 convolutions "
+                f"and two poolings), got {self.image_size}"
+            )
         if not 0.0 < self.test_ratio < 1.0:
             raise ConfigError(f"test_ratio must be between 0 and 1, got {self.test_ratio}")
 

@@ -187,17 +187,11 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cifar10_candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched for ``cifar-10-batches-py``, in order."""
-    candidates = []
+    """Folders searched for ``cifar-10-batches-py``, in order (only `data_dir` when given)."""
     if data_dir is not None:
-        data_dir = Path(data_dir)
-        candidates += [data_dir, data_dir / "cifar-10-batches-py"]
+        return [Path(data_dir), Path(data_dir) / "cifar-10-batches-py"]
     cache = _keras_home() / "datasets"
-    candidates += [
-        cache / "cifar-10-batches-py-target" / "cifar-10-batches-py",
-        cache / "cifar-10-batches-py",
-    ]
-    return candidates
+    return [cache / "cifar-10-batches-py-target" / "cifar-10-batches-py", cache / "cifar-10-batches-py"]
 
 
 def load_cifar10_batches(folder: str | os.PathLike) -> ArrayDataset:
@@ -284,9 +278,10 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def fashion_mnist_candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched for the Fashion-MNIST IDX files, in order."""
-    candidates = [Path(data_dir)] if data_dir is not None else []
-    return candidates + [DEBIAN_FASHION_MNIST_DIR, _keras_home() / "datasets" / "fashion-mnist"]
+    """Folders searched for the Fashion-MNIST IDX files, in order (only `data_dir` when given)."""
+    if data_dir is not None:
+        return [Path(data_dir)]
+    return [DEBIAN_FASHION_MNIST_DIR, _keras_home() / "datasets" / "fashion-mnist"]
 
 
 def load_idx_folder(
