@@ -361,7 +361,7 @@ def train_baseline(
     )
     history = model.fit(
         train, epochs=config.epochs, validation_data=test if evaluate_each_epoch else None,
-        callbacks=[clock], verbose=1 if progress else 0,
+        callbacks=[clock], verbose=1 if progress else 0, shuffle=False,  # tf.data shuffles
     )
     train_seconds = clock.records[-1].train_seconds if clock.records else 0.0
     return TrainResult(
