@@ -101,7 +101,7 @@ def compose_photo(style: str, rng: np.random.Generator, backgrounds: list[np.nda
     crop_h = min(height, int(crop_w * size[1] / size[0]))
     x0, y0 = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
     photo = Image.fromarray(background[y0:y0 + crop_h, x0:x0 + crop_w]).resize(size, Image.Resampling.BILINEAR)
-    dial = int(rng.uniform(0.22, 0.42) * min(size))
+    dial = int(rng.uniform(0.30, 0.46) * min(size))
     watch = draw_watch(style, dial, hours=float(rng.uniform(0, 12)), rng=rng)
     watch = watch.rotate(float(rng.uniform(-35, 35)), resample=Image.Resampling.BICUBIC, expand=True)
     shadow = Image.new("RGBA", watch.size, (0, 0, 0, 0))
