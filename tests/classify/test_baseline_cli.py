@@ -62,3 +62,19 @@ def test_baseline_command_refuses_bad_input_with_exit_2(tmp_path, monkeypatch, c
     assert code == EXIT_USAGE
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "bundle.json").exists()
+
+
+def test_baseline_command_on_class_folders_reports_skipped_files(tmp_path, capsys):
+    pytest.importorskip("keras")
+    from imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "watches", {"casio": 10, "rolex": 10}, size=24)
+    (root / "rolex" / "broken.png").write_bytes(b"\x89PNG but not really")
+    code = main(["baseline", "--dataset", str(root), "--image-size", "20", "--recipe", "fast", "--epochs", "1",
+                 "--batch-size", "8", "--out", str(tmp_path / "run"), "-q"])
+    output = capsys.readouterr().out
+    assert code == 0
+    assert "skipped 1 files" in output and "broken.png" in output
+    log = json.loads((tmp_path / "run" / "training_log.json").read_text())
+    assert log["image_shape"] == [20, 20, 3] and log["train_images"] + log["test_images"] == 20
+    assert json.loads((tmp_path / "run" / "bundle.json").read_text())["class_names"] == ["casio", "rolex"]
