@@ -11,7 +11,7 @@ _FLAG_KEYS = {
     "backbone": "backbone", "weights": "weights", "epochs": "epochs", "batch_size": "batch_size",
     "lr": "learning_rate", "val_ratio": "val_ratio", "image_size": "input_size", "seed": "seed",
     "fine_tune": "fine_tune_layers", "fine_tune_epochs": "fine_tune_epochs",
-    "fine_tune_lr": "fine_tune_learning_rate", "cache_dir": "cache_dir", "dropout": "dropout",
+    "fine_tune_lr": "fine_tune_learning_rate", "cache_dir": "cache_dir", "dropout": "dropout", "hidden_units": "hidden_units",
     "patience": "patience",
 }
 
@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fine-tune-lr", type=float,
                         help=f"phase-2 learning rate (default {defaults.fine_tune_learning_rate})")
     parser.add_argument("--dropout", type=float, help=f"head dropout (default {defaults.dropout})")
+    parser.add_argument("--hidden-units", type=int, help=f"head hidden width, 0 = linear (default {defaults.hidden_units})")
     parser.add_argument("--patience", type=int, help=f"early-stopping patience (default {defaults.patience})")
     parser.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/detcrop/features)")
     parser.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
