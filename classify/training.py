@@ -255,7 +255,7 @@ def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, trai
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
         _EpochLog(history, run_dir / HISTORY_NAME, "fine-tune").callback(lambda: model.optimizer),
     ]
-    model.fit(train_data, validation_data=val_data, epochs=config.fine_tune_epochs, verbose=0,
+    model.fit(train_data, validation_data=val_data, epochs=config.fine_tune_epochs, verbose=0, shuffle=False,
               class_weight=_class_weights(train_y, classes) if config.class_weights else None,
               callbacks=callbacks)
     model.load_weights(checkpoint)

@@ -124,3 +124,33 @@ def test_train_refuses_a_single_class(tmp_path):
         (tmp_path / "data" / name).rmdir()
     with pytest.raises(ValueError, match="at least 2 class folders"):
         train(tmp_path / "data", tmp_path / "run", quick_config(tmp_path), progress=False)
+
+
+def test_killed_fine_tuning_resumes_from_backup(tmp_path, monkeypatch):
+    import classify.training as training
+
+    dataset = make_dataset(tmp_path / "data", per_class=6)
+    config = quick_config(tmp_path, epochs=1, fine_tune_layers=3, fine_tune_epochs=3)
+    original = training._EpochLog.callback
+
+    def killing_callback(self, optimizer_of):
+        recorder = original(self, optimizer_of)
+        if self.phase == "fine-tune":
+            on_epoch_end = recorder.on_epoch_end
+
+            def end_then_die(epoch, logs=None):
+                on_epoch_end(epoch, logs)
+                raise KeyboardInterrupt  # as if the process were killed after epoch 1's backup
+
+            recorder.on_epoch_end = end_then_die
+        return recorder
+
+    monkeypatch.setattr(training._EpochLog, "callback", killing_callback)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, tmp_path / "run", config, progress=False)
+    assert (tmp_path / "run" / "backup").is_dir()
+    monkeypatch.setattr(training._EpochLog, "callback", original)
+    result = train(dataset, tmp_path / "run", config, progress=False)
+    # Epoch 1 came from the backup; only epochs 2 and 3 ran again.
+    assert result.history["phase"].count("fine-tune") == 2
+    assert not (tmp_path / "run" / "backup").exists()
