@@ -45,7 +45,7 @@ class TrainConfig:
 
     backbone: str = "efficientnet-lite0"  # registry name: efficientnet-lite0, densenet121, mobilenetv2, scratch
     weights: str = ""  # "" = the backbone's default (package / imagenet / none), or a local weights file
-    input_size: int = 224  # side of the square the backbone sees (images are resized in the graph)
+    input_size: int = 320  # side of the square the backbone sees (resized in the graph); 320 beat 224 by ~0.04 F1 on 210 px watch photos
     epochs: int = 60  # most head epochs on cached features (early stopping usually ends sooner)
     batch_size: int = 32  # images per step in both phases
     learning_rate: float = 1e-3  # Adam learning rate of the head
