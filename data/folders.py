@@ -13,11 +13,15 @@ Rules (also in the README):
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.images import IMAGE_EXTENSIONS, is_image_path
+from PIL import Image
+
+from data.atomic import atomic_write_bytes
+from data.images import IMAGE_EXTENSIONS, ImageError, ImageLimits, bytes_sha256, is_image_path, load_image
 
 #: Files the tools write into a dataset root that are not images and not worth reporting.
 _KNOWN_ROOT_FILES = frozenset({"manifest.jsonl", "crop_config.json", "summary.json", "README.md"})
@@ -115,3 +119,64 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolderDataset:
     return ClassFolderDataset(
         root=root, class_names=tuple(class_names), samples=tuple(samples), skipped=tuple(skipped)
     )
+
+
+@dataclass
+class AddReport:
+    """What `add_images` did with each file it was given."""
+
+    added: list[Path] = field(default_factory=list)  # files written into the class folder
+    duplicates: list[Path] = field(default_factory=list)  # inputs whose image is already in the class
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason)
+
+
+def square_image(image: Image.Image, size: int | None = None) -> Image.Image:
+    """The centre square of `image` (as beginner tools crop uploads), resized to `size` if given."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    if size is not None and side != size:
+        square = square.resize((size, size), Image.Resampling.LANCZOS)
+    return square
+
+
+def add_images(
+    root: str | os.PathLike,
+    class_name: str,
+    paths: list[str | os.PathLike],
+    square: bool = True,
+    size: int | None = 224,
+    limits: ImageLimits = ImageLimits(),
+) -> AddReport:
+    """Copy images into `root/<class_name>/` as the beginner's flow does: decoded, upright, squared.
+
+    Each image is decoded with `load_image` (bad files are reported, not copied), cut to
+    its centre square and resized to `size` (when `square`), and written atomically as
+    PNG named by the content hash of the result, so adding the same image twice is a no-op.
+
+    >>> add_images("dataset", "rolex", ["a.jpg", "b.png"]).added  # doctest: +SKIP
+    """
+    if not class_name or class_name.startswith(".") or "/" in class_name or "\\" in class_name \
+            or class_name in (".", ".."):
+        raise ValueError(f"class name must be a plain folder name (no '/', not hidden), got {class_name!r}")
+    folder = Path(root) / class_name
+    report = AddReport()
+    for path in map(Path, paths):
+        try:
+            image = load_image(path, limits)
+        except ImageError as error:
+            report.failed.append((path, error.reason))
+            continue
+        if square:
+            image = square_image(image, size)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        payload = buffer.getvalue()
+        target = folder / f"{bytes_sha256(payload)[:16]}.png"
+        if target.exists():
+            report.duplicates.append(path)
+            continue
+        atomic_write_bytes(target, payload)
+        report.added.append(target)
+    return report

@@ -12,6 +12,7 @@ from typing import Sequence
 #: Subcommand modules under `pipeline.commands`; each has `register(subparsers)` that sets
 #: `handler(args) -> int` on its parser. Heavy imports (TensorFlow) happen inside handlers.
 COMMAND_MODULES = (
+    "add",
     "validate",
     "crop",
     "predict",

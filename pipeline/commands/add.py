@@ -1,0 +1,42 @@
+"""`detcrop add DATASET CLASS IMAGES...`: the beginner's "make a class, add images" step."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "add",
+        help="add images to a class of a dataset (creates the class; squares and dedupes the images)",
+        description="Each image is decoded (bad files are reported and skipped), cut to its centre square, "
+        "resized and written as DATASET/CLASS/<hash>.png; the same image added twice is kept once. "
+        "Then run `detcrop validate DATASET` and `detcrop train DATASET --out RUN`.",
+    )
+    parser.add_argument("dataset", help="dataset root (created if missing)")
+    parser.add_argument("class_name", metavar="class", help="class (folder) name, created if missing")
+    parser.add_argument("images", nargs="+", help="image files or folders of images")
+    parser.add_argument("--size", type=int, default=224, help="side of the squared images in pixels (default 224)")
+    parser.add_argument("--keep-shape", action="store_true", help="copy as decoded, without squaring or resizing")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from data.folders import add_images, scan_class_folders
+    from pipeline.scoring import expand_photo_paths
+
+    if args.size < 16:
+        raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
+    report = add_images(args.dataset, args.class_name, expand_photo_paths(args.images),
+                        square=not args.keep_shape, size=args.size)
+    print(f"{args.class_name}: added {len(report.added)}, already there {len(report.duplicates)}, "
+          f"failed {len(report.failed)}")
+    for path, reason in report.failed:
+        print(f"  skipped {path}: {reason}")
+    counts = scan_class_folders(args.dataset).counts()
+    print("images per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    short = [name for name, count in counts.items() if count < 5]
+    if short or len(counts) < 2:
+        print("before training: every class needs at least 5 images and there must be 2 classes or more"
+              + (f" (short: {', '.join(short)})" if short else ""))
+    return 0 if report.added or report.duplicates else 1
