@@ -207,7 +207,7 @@ def _load_images(paths: list[Path], input_size: int, progress: bool) -> tuple[np
 
 
 def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, train_y, val_paths, val_y,
-               classes: int, run_dir: Path, history: dict[str, list], progress: bool):
+               classes: int, run_dir: Path, history: dict[str, list], progress: bool, phase1_val_acc: float):
     import keras
     import tensorflow as tf
 
@@ -248,18 +248,28 @@ def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, trai
         .map(lambda x, y: (tf.cast(x, tf.float32), y))
     )
     checkpoint = run_dir / "fine_tune_best.weights.h5"
+    phase1 = run_dir / "phase1.weights.h5"
+    checkpoint.unlink(missing_ok=True)
+    model.save_weights(phase1)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR)),
+        # Fine-tuning must beat phase 1 on val accuracy to replace it.
         keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_acc", mode="max", save_best_only=True,
-                                        save_weights_only=True),
+                                        save_weights_only=True, initial_value_threshold=phase1_val_acc),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
         _EpochLog(history, run_dir / HISTORY_NAME, "fine-tune").callback(lambda: model.optimizer),
     ]
     model.fit(train_data, validation_data=val_data, epochs=config.fine_tune_epochs, verbose=0, shuffle=False,
               class_weight=_class_weights(train_y, classes) if config.class_weights else None,
               callbacks=callbacks)
-    model.load_weights(checkpoint)
+    if checkpoint.exists():
+        model.load_weights(checkpoint)
+    else:
+        logger.warning("fine-tuning never beat phase 1's val accuracy %.4f; keeping the phase-1 weights",
+                       phase1_val_acc)
+        model.load_weights(phase1)
     checkpoint.unlink(missing_ok=True)
+    phase1.unlink(missing_ok=True)
     return skipped + val_skipped
 
 
@@ -350,7 +360,8 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
         train_paths = [paths[features.kept[row]] for row in train_rows]
         skipped += _fine_tune(
             config, base, preprocessing, head, train_paths, kept_labels[train_rows], val_paths, val_y,
-            len(class_names), run_dir, history, progress)
+            len(class_names), run_dir, history, progress,
+            float((np.asarray(head(val_x, training=False)).argmax(1) == val_y).mean()))
         timings["fine_tune"] = time.perf_counter() - tick
         model = compose_model(config.input_size, preprocessing, base, head)
         val_images, val_kept = [], []

@@ -154,3 +154,14 @@ def test_killed_fine_tuning_resumes_from_backup(tmp_path, monkeypatch):
     # Epoch 1 came from the backup; only epochs 2 and 3 ran again.
     assert result.history["phase"].count("fine-tune") == 2
     assert not (tmp_path / "run" / "backup").exists()
+
+
+def test_fine_tuning_that_does_not_help_keeps_phase_one(tmp_path, caplog):
+    dataset = make_dataset(tmp_path / "data", per_class=6)
+    head_only = train(dataset, tmp_path / "head", quick_config(tmp_path, epochs=3), progress=False)
+    # A learning rate this large wrecks the base: no fine-tune epoch may replace phase 1.
+    wrecked = train(dataset, tmp_path / "wrecked", quick_config(
+        tmp_path, epochs=3, fine_tune_layers=6, fine_tune_epochs=1, fine_tune_learning_rate=1e4), progress=False)
+    assert "keeping the phase-1 weights" in caplog.text
+    assert wrecked.metrics["accuracy"] == pytest.approx(head_only.metrics["accuracy"])
+    assert not list((tmp_path / "wrecked").glob("*.weights.h5"))
