@@ -155,6 +155,34 @@ def compose_model(input_size: int, preprocessing: list, base, head, augmentation
     return keras.Model(inputs, outputs, name="classifier")
 
 
+class _BestWeights:
+    """Keeps the weights of the epoch with the best val_acc; ties go to the lower val_loss.
+
+    A plain `ModelCheckpoint(monitor="val_acc")` keeps the first epoch that reaches the top
+    accuracy, which on small or easy data is an early, under-confident head (probabilities
+    near 1/classes); the tie-break picks the best-calibrated of the equally accurate epochs.
+    """
+
+    def __init__(self):
+        self.key = (-np.inf, -np.inf)
+        self.weights = None
+        self.epoch = -1
+
+    def callback(self):
+        import keras
+
+        keeper = self
+
+        class Keep(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                key = (float(logs.get("val_acc", -np.inf)), -float(logs.get("val_loss", np.inf)))
+                if keeper.weights is None or key > keeper.key:
+                    keeper.key, keeper.weights, keeper.epoch = key, self.model.get_weights(), epoch
+
+        return Keep()
+
+
 def _fit_head(config: TrainConfig, train_x, train_y, val_x, val_y, classes: int, run_dir: Path,
               history: dict[str, list]):
     import keras
@@ -166,12 +194,11 @@ def _fit_head(config: TrainConfig, train_x, train_y, val_x, val_y, classes: int,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="acc")],
     )
-    checkpoint = run_dir / "head_best.weights.h5"
+    best = _BestWeights()
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_acc", mode="max", save_best_only=True,
-                                        save_weights_only=True),
+        best.callback(),
         _EpochLog(history, run_dir / HISTORY_NAME, "head").callback(lambda: head.optimizer),
     ]
     head.fit(
@@ -181,8 +208,7 @@ def _fit_head(config: TrainConfig, train_x, train_y, val_x, val_y, classes: int,
         class_weight=_class_weights(train_y, classes) if config.class_weights else None,
         callbacks=callbacks,
     )
-    head.load_weights(checkpoint)
-    checkpoint.unlink(missing_ok=True)
+    head.set_weights(best.weights)
     return head
 
 
@@ -284,6 +310,7 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
 
     from classify.bundle import library_versions, predict_images, save_bundle
     from classify.features import FeatureCache, build_feature_model, default_cache_dir, extract_features
+    from classify.calibration import choose_unknown_threshold
     from classify.reports import evaluate_predictions, worst_mistakes, write_reports
 
     started = time.perf_counter()
@@ -406,6 +433,8 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
         "metrics": {key: metrics[key] for key in ("accuracy", "macro_f1", "weighted_f1", "samples")},
         "config": config_to_dict(config),
         "tta_flip": config.tta_flip,
+        # `predict` reports "unknown" under this; see classify.calibration.
+        "unknown_threshold": choose_unknown_threshold(probabilities, val_y),
         "versions": library_versions() | {"keras_backend": keras.backend.backend()},
         "dataset": str(dataset_dir),
     }

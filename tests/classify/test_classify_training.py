@@ -165,3 +165,36 @@ def test_fine_tuning_that_does_not_help_keeps_phase_one(tmp_path, caplog):
     assert "keeping the phase-1 weights" in caplog.text
     assert wrecked.metrics["accuracy"] == pytest.approx(head_only.metrics["accuracy"])
     assert not list((tmp_path / "wrecked").glob("*.weights.h5"))
+
+
+def test_bundle_carries_the_unknown_threshold_of_its_val_predictions(trained):
+    from classify.calibration import choose_unknown_threshold
+
+    tmp_path, dataset, result = trained
+    bundle = load_bundle(tmp_path / "run")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    probabilities = bundle.predict([load_image_array(path) for path in split["val"]])
+    labels = np.array([bundle.class_names.index(path.split("/")[-2]) for path in split["val"]])
+    threshold = bundle.metadata["unknown_threshold"]
+    assert 1 / 3 <= threshold <= 1
+    assert threshold == pytest.approx(choose_unknown_threshold(probabilities, labels), abs=1e-3)
+
+
+@pytest.mark.parametrize("epochs, chosen", [
+    ([(0.5, 1.0), (0.9, 0.8), (0.9, 0.3), (0.9, 0.5), (0.8, 0.1)], 2),  # equal accuracy: lower loss wins
+    ([(0.5, 1.0), (0.6, 0.9), (0.7, 1.5)], 2),  # accuracy first, whatever the loss
+    ([(1.0, 0.9), (1.0, 0.2)], 1),  # the early, under-confident epoch is not kept
+])
+def test_best_head_is_best_accuracy_then_lowest_loss(epochs, chosen):
+    import keras
+
+    from classify.training import _BestWeights
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best = _BestWeights()
+    callback = best.callback()
+    callback.set_model(model)
+    for epoch, (accuracy, loss) in enumerate(epochs):
+        model.set_weights([np.full((2, 1), epoch, np.float32), np.zeros(1, np.float32)])
+        callback.on_epoch_end(epoch, {"val_acc": accuracy, "val_loss": loss})
+    assert best.epoch == chosen and best.weights[0][0, 0] == chosen
