@@ -117,7 +117,7 @@ def main() -> int:
 
     rows.append((f"head, cached features ({args.epochs} epochs)", f"{cached_seconds:.2f}s",
                  f"val macro F1 {cached_f1:.4f}"))
-    rows.append((f"head, cached incl. feature pass", f"{cached_seconds + feature_seconds:.1f}s",
+    rows.append(("head, cached incl. feature pass", f"{cached_seconds + feature_seconds:.1f}s",
                  f"{(cached_seconds + feature_seconds) / seed_seconds:.3f} of seed recipe"))
     rows.append((f"seed recipe: frozen base every epoch ({args.epochs} epochs)", f"{seed_seconds:.1f}s",
                  f"val macro F1 {seed_f1:.4f}"))

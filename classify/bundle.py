@@ -16,7 +16,6 @@ the target size is exactly the identity, so the result equals a per-image call.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from data.atomic import atomic_write_json
+from data.config import read_json_object
 
 #: File names inside a run folder.
 MODEL_NAME = "model.keras"
@@ -156,12 +156,7 @@ def read_bundle_metadata(run_dir: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"{run_dir}: run folder not found (expected a folder with {MODEL_NAME} and {BUNDLE_NAME})")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: bundle metadata not found; is {run_dir} a finished `detcrop train` run?")
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not readable bundle JSON ({error})") from None
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
+    metadata = read_json_object(path, "bundle metadata")
     missing = [key for key in REQUIRED_KEYS if key not in metadata]
     if missing:
         raise ValueError(f"{path}: missing keys {', '.join(missing)}")

@@ -22,6 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 EXPORT_FORMATS = ("savedmodel", "tflite")
@@ -129,10 +131,8 @@ class ExportedModel:
             self._interpreter = tf.lite.Interpreter(model_path=str(self.export_dir / self.meta["model"]))
             self._interpreter.allocate_tensors()
 
-    def predict(self, images) -> "np.ndarray":
+    def predict(self, images) -> np.ndarray:
         """Probabilities for uint8 HxWx3 images of any size."""
-        import numpy as np
-
         from classify.bundle import resize_images
 
         rows = []

@@ -96,13 +96,18 @@ def config_to_dict(config: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-def load_config_file(cls: type[T], path: str | os.PathLike) -> T:
-    """Build `cls` from a JSON file of overrides (e.g. a run's saved `config.json`)."""
+def read_json_object(path: str | os.PathLike, what: str = "config keys") -> dict:
+    """The JSON object in `path`; a `ConfigError` naming the file and `what` was expected otherwise."""
     path = Path(path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read config ({error})") from None
+        raise ConfigError(f"{path}: cannot read a JSON object of {what} ({error})") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a JSON object of config keys")
-    return build_config(cls, values)
+        raise ConfigError(f"{path}: expected a JSON object of {what}, got {type(values).__name__}")
+    return values
+
+
+def load_config_file(cls: type[T], path: str | os.PathLike) -> T:
+    """Build `cls` from a JSON file of overrides (e.g. a run's saved `config.json`)."""
+    return build_config(cls, read_json_object(path))

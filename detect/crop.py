@@ -20,14 +20,13 @@ interrupted run plus a rerun gives the same files and records as one uninterrupt
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from PIL import Image

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+
+from data.config import read_json_object
 
 #: CLI flag -> TrainConfig key (flags left out keep the config file's or the default value).
 _FLAG_KEYS = {
@@ -58,13 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _overrides(args: argparse.Namespace) -> dict:
     overrides: dict = {}
     if args.config:
-        path = Path(args.config)
-        try:
-            overrides = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: cannot read a JSON object of train settings ({error})") from None
-        if not isinstance(overrides, dict):
-            raise ValueError(f"{path}: expected a JSON object of train settings, got {type(overrides).__name__}")
+        overrides = read_json_object(args.config, "train settings")
     for flag, key in _FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is not None:
