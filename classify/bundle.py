@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.atomic import atomic_write_json
+from data.atomic import atomic_write_json, current_umask
 from data.config import read_json_object
 
 #: File names inside a run folder.
@@ -137,6 +137,7 @@ def save_bundle(run_dir: str | os.PathLike, model, metadata: dict) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     # Keras insists on the .keras suffix, so the temporary name keeps it.
     descriptor, temporary = tempfile.mkstemp(prefix=f".{MODEL_NAME}.", suffix=".part.keras", dir=run_dir)
+    os.fchmod(descriptor, 0o666 & ~current_umask())  # mkstemp's 0600 would make the model private
     os.close(descriptor)
     try:
         model.save(temporary)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, current_umask
 
 EXPORT_FORMATS = ("savedmodel", "tflite")
 LABELS_NAME = "labels.txt"
@@ -58,12 +58,26 @@ def _write_saved_model(model, path: Path, shape: list) -> None:
     archive.write_out(str(path), verbose=False)
 
 
+def _check_replaceable(out_dir: Path, run_dir: Path) -> None:
+    """Refuse an --out that is not empty and not an earlier export, or that holds the run."""
+    resolved, run = out_dir.resolve(), run_dir.resolve()
+    if resolved == run or resolved in run.parents:
+        raise ValueError(f"--out {out_dir} is (or contains) the run folder {run_dir}; choose another folder")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"--out {out_dir} is a file; expected a folder to export into")
+        if any(out_dir.iterdir()) and not (out_dir / EXPORT_META_NAME).is_file():
+            raise ValueError(f"--out {out_dir} is not empty and not an earlier export (no {EXPORT_META_NAME}); "
+                             f"refusing to replace it")
+
+
 def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, export_format: str = "savedmodel",
                   quantize: bool = False) -> Path:
     """Export the bundle in `run_dir` into `out_dir`; returns the model's path.
 
     `out_dir` is filled in a temporary sibling folder and renamed into place at the end, so
-    a crash leaves no half export; an existing `out_dir` is replaced.
+    a crash leaves no half export. An existing `out_dir` is replaced only when it is empty
+    or an earlier export (holds export.json), and never when it holds the run.
     """
     import tensorflow as tf
 
@@ -75,8 +89,10 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, export
         raise ValueError("--quantize applies to --format tflite only")
     bundle = load_bundle(run_dir)
     out_dir = Path(out_dir)
+    _check_replaceable(out_dir, Path(run_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    os.chmod(staging, 0o777 & ~current_umask())
     try:
         if export_format == "savedmodel":
             _write_saved_model(bundle.model, staging / SAVEDMODEL_DIR, [None, None, None, 3])

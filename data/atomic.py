@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+
+@functools.lru_cache(maxsize=1)
+def current_umask() -> int:
+    """The process umask, read once (by setting and restoring it: there is no getter, and
+    doing that while other threads create files would race)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -25,6 +35,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The ".part" suffix keeps half-written files recognisable and out of image scans.
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    # mkstemp makes the file private (0600); give it the mode a plain open() would have.
+    os.fchmod(descriptor, 0o666 & ~current_umask())
     try:
         with os.fdopen(descriptor, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
             yield handle

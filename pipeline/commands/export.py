@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run", help="run folder written by `detcrop train`")
     parser.add_argument("--format", dest="export_format", choices=("savedmodel", "tflite"), default="savedmodel")
-    parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    parser.add_argument("--out", required=True, help="output folder: new, empty, or an earlier export (replaced)")
     parser.add_argument("--quantize", action="store_true", help="TFLite only: int8 weights, float activations")
     parser.add_argument("--check", nargs="*", metavar="PHOTO",
                         help="compare the export with the bundle on these images and print the largest difference")

@@ -103,3 +103,11 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(ValueError, match="whole files"):
         with atomic_open(path, "a"):
             pass
+
+
+def test_atomic_files_get_the_umask_mode_not_private(tmp_path):
+    from data.atomic import current_umask
+
+    path = tmp_path / "shared.json"
+    atomic_write_json(path, {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()

@@ -81,9 +81,37 @@ def test_export_cli_replaces_and_checks(run_dir, tmp_path, capsys):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(photo)
     out = tmp_path / "exported"
-    out.mkdir()
-    (out / "stale.txt").write_text("old export")
+    export_bundle(run_dir, out, "savedmodel")
+    (out / "stale.txt").write_text("left from the earlier export")
     assert main(["export", str(run_dir), "--out", str(out), "--format", "tflite", "--check", str(photo)]) == 0
     printed = capsys.readouterr().out
     assert "top-1 agreement 100.0%" in printed
     assert not (out / "stale.txt").exists() and (out / "model.tflite").is_file()
+
+
+def _folder_with(folder, name):
+    folder.mkdir()
+    (folder / name).write_text("not an export")
+    return folder
+
+
+@pytest.mark.parametrize("make_out, message", [
+    (lambda run, tmp: run, "run folder"),
+    (lambda run, tmp: run.parent, "run folder"),
+    (lambda run, tmp: _folder_with(tmp / "precious", "thesis.txt"), "not an earlier export"),
+])
+def test_export_never_replaces_the_run_or_unrelated_folders(run_dir, tmp_path, make_out, message):
+    out = make_out(run_dir, tmp_path)
+    before = sorted(path.name for path in out.iterdir())
+    with pytest.raises(ValueError, match=message):
+        export_bundle(run_dir, out, "tflite")
+    assert sorted(path.name for path in out.iterdir()) == before
+
+
+def test_export_files_are_readable_by_others(run_dir, tmp_path):
+    from data.atomic import current_umask
+
+    out = tmp_path / "export"
+    export_bundle(run_dir, out, "tflite")
+    assert out.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+    assert (out / "model.tflite").stat().st_mode & 0o777 == 0o666 & ~current_umask()
