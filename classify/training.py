@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from data.atomic import atomic_write_json
-from data.config import build_config, config_to_dict
+from data.config import ConfigError, build_config, config_to_dict
 from data.folders import scan_class_folders
 from data.images import ImageError, file_sha256, load_image_array
 from data.splits import source_hashes_from_manifest, split_class_folders
@@ -64,6 +64,27 @@ class TrainConfig:
     feature_batch_size: int = 32  # images per forward pass when computing features
     cache_dir: str = ""  # feature cache folder; "" = ~/.cache/detcrop/features
     mistakes: int = 16  # worst mistakes shown in mistakes.png
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.input_size >= 32, "input_size must be >= 32 pixels", self.input_size),
+            (self.epochs >= 1 and self.batch_size >= 1 and self.feature_batch_size >= 1,
+             "epochs, batch_size and feature_batch_size must be >= 1",
+             (self.epochs, self.batch_size, self.feature_batch_size)),
+            (self.learning_rate > 0 and self.fine_tune_learning_rate > 0, "learning rates must be > 0",
+             (self.learning_rate, self.fine_tune_learning_rate)),
+            (0.0 < self.val_ratio < 1.0, "val_ratio must be between 0 and 1 (exclusive)", self.val_ratio),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)", self.dropout),
+            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)", self.label_smoothing),
+            (self.hidden_units >= 0 and self.patience >= 1, "hidden_units must be >= 0 and patience >= 1",
+             (self.hidden_units, self.patience)),
+            (self.fine_tune_layers >= 0 and self.fine_tune_epochs >= 0 and self.mistakes >= 0,
+             "fine_tune_layers, fine_tune_epochs and mistakes must be >= 0",
+             (self.fine_tune_layers, self.fine_tune_epochs, self.mistakes)),
+        )
+        for passed, expected, received in checks:
+            if not passed:
+                raise ConfigError(f"TrainConfig: {expected}, got {received!r}")
 
 
 @dataclass

@@ -136,7 +136,12 @@ def split_class_folders(
     keys = []
     for sample in dataset.samples:
         key = str(sample.path)
-        digest = sha256_by_path.get(key) or file_sha256(sample.path)
+        digest = sha256_by_path.get(key)
+        if digest is None:
+            try:
+                digest = file_sha256(sample.path)
+            except OSError:
+                digest = f"unreadable:{key}"  # its own group; the caller skips the file anyway
         source = source_by_path.get(key)
         keys.append([("content", digest)] + ([("source", source)] if source else []))
     return grouped_stratified_split(dataset.labels, group_ids(keys), val_ratio, test_ratio, seed)

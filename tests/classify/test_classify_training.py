@@ -109,6 +109,13 @@ def test_fine_tune_phase_runs_and_cleans_its_backup(tmp_path):
     [
         ({"epoch": 3}, "did you mean 'epochs'"),
         ({"learning_rate": "fast"}, "expected a number"),
+        ({"epochs": 0}, "epochs, batch_size"),
+        ({"batch_size": 0}, "epochs, batch_size"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"val_ratio": 0.0}, "val_ratio"),
+        ({"input_size": 16}, "input_size"),
+        ({"hidden_units": -1}, "hidden_units"),
+        ({"learning_rate": 0}, "learning rates"),
     ],
 )
 def test_config_errors(overrides, error):
@@ -198,3 +205,10 @@ def test_best_head_is_best_accuracy_then_lowest_loss(epochs, chosen):
         model.set_weights([np.full((2, 1), epoch, np.float32), np.zeros(1, np.float32)])
         callback.on_epoch_end(epoch, {"val_acc": accuracy, "val_loss": loss})
     assert best.epoch == chosen and best.weights[0][0, 0] == chosen
+
+
+def test_an_unreadable_file_is_skipped_not_fatal(tmp_path):
+    dataset = make_dataset(tmp_path / "data", per_class=6)
+    (dataset / "red" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    result = train(dataset, tmp_path / "run", quick_config(tmp_path, epochs=1), progress=False)
+    assert [item["path"] for item in result.metrics["skipped"]] == [str(dataset / "red" / "dangling.png")]
