@@ -141,7 +141,7 @@ def _plan(detections: Detections, config: CropConfig) -> tuple[list[tuple[int, t
         return [], f"no {names} with score >= {config.score_threshold:g} (best {best:.3f})"
     order = np.argsort(-detections.scores, kind="stable")
     plan: list[tuple[int, tuple[int, int, int, int]]] = []
-    too_small = 0
+    too_small = degenerate = 0
     for rank in np.flatnonzero(passing):
         try:
             region = crop_region(ranked.boxes_xyxy[rank], detections.image_size, config.margin, config.square,
@@ -149,11 +149,16 @@ def _plan(detections: Detections, config: CropConfig) -> tuple[list[tuple[int, t
         except CropTooSmallError:
             too_small += 1
             continue
+        except ValueError:
+            degenerate += 1  # a zero-width or inverted box some detectors emit at the image border
+            continue
         plan.append((int(order[rank]), region))
         if len(plan) == config.max_crops_per_photo:
             break
-    reason = "" if plan else f"{too_small} {names} box(es) passed the score threshold but were under min_size " \
-                             f"{config.min_size} px"
+    rejected = ([f"{too_small} under min_size {config.min_size} px"] if too_small else []) + \
+        ([f"{degenerate} with no area"] if degenerate else [])
+    reason = "" if plan else f"{too_small + degenerate} {names} box(es) passed the score threshold but were " \
+                             f"rejected: {', '.join(rejected)}"
     return plan, reason
 
 
@@ -400,8 +405,14 @@ def crop_photos(
                 writer.append(CropRecord(source, loaded.sha256, STATUS_FAILED, label=photo.label,
                                          detector=detector.name, reason=f"{loaded.error.kind}: {loaded.error.reason}"))
                 continue
-            detections = detector.detect(loaded.image)
-            crops = crop_detections(loaded.image, detections, config)
+            try:
+                detections = detector.detect(loaded.image)
+                crops = crop_detections(loaded.image, detections, config)
+            except Exception as error:  # one photo the detector chokes on must not end a batch of thousands
+                logger.warning("%s: detection failed: %s", source, error)
+                writer.append(CropRecord(source, loaded.sha256, STATUS_FAILED, label=photo.label,
+                                         detector=detector.name, reason=f"processing-error: {error}"))
+                continue
             if not crops:
                 writer.append(CropRecord(source, loaded.sha256, STATUS_EMPTY, label=photo.label,
                                          detector=detector.name, reason=describe_empty(detections, config)))

@@ -181,7 +181,11 @@ class Scorer:
             image = load_image_array(path, self.limits)
         except ImageError as error:
             return PhotoResult(path=str(path), error=error.reason, seconds=time.perf_counter() - start)
-        objects, note = self._objects(image)
+        try:
+            objects, note = self._objects(image)
+        except Exception as error:  # one photo the models choke on must not end a batch
+            logger.warning("%s: scoring failed: %s", path, error)
+            return PhotoResult(path=str(path), error=f"processing error: {error}", seconds=time.perf_counter() - start)
         return PhotoResult(path=str(path), objects=tuple(objects), note=note, seconds=time.perf_counter() - start)
 
     def score_many(self, paths: Iterable[str | os.PathLike]) -> Iterator[PhotoResult]:

@@ -39,7 +39,7 @@ def test_crop_detections_keeps_targets_above_threshold_best_first():
 @pytest.mark.parametrize("config, expected_reason", [
     (CropConfig(targets=("bottle",)), "no bottle detected"),
     (CropConfig(score_threshold=0.95), "no clock with score >= 0.95 (best 0.900)"),
-    (CropConfig(min_size=60), "1 clock box(es) passed the score threshold but were under min_size 60 px"),
+    (CropConfig(min_size=60), "1 clock box(es) passed the score threshold but were rejected: 1 under min_size 60 px"),
 ])
 def test_no_crop_says_why(config, expected_reason):
     image = scene((100, 100), {RED: (10, 10, 40, 40)})
@@ -201,3 +201,38 @@ def test_bad_files_are_recorded_and_never_fatal(tmp_path):
         assert record.status == "failed" and record.reason.startswith(kind + ":"), (name, record.reason)
         assert record.source_sha256 is not None  # the bytes are hashed even when they do not decode
     assert "empty file" in by_name["empty.png"].reason
+
+
+def test_a_box_without_area_is_rejected_not_fatal():
+    from detect.detections import Detections
+
+    image = scene((100, 100), {RED: (10, 10, 40, 40)})
+    detections = Detections(np.array([[100, 10, 100, 50], [10, 10, 40, 40]], np.float32),
+                            np.array([0.95, 0.8], np.float32), np.array([85, 85]), ("clock", "clock"), (100, 100))
+    config = CropConfig(margin=0.0, square="none", min_size=8)
+    (crop,) = crop_detections(image, detections, config)
+    assert crop.crop_box == (10, 10, 40, 40) and crop.score == pytest.approx(0.8)
+    only_flat = detections.select(np.array([True, False]))
+    assert crop_detections(image, only_flat, config) == []
+    assert describe_empty(only_flat, config) == "1 clock box(es) passed the score threshold but were rejected: 1 with no area"
+
+
+class ChokesOnBlue(ColourBoxDetector):
+    """Raises on photos with blue in them, as a detector might on one odd input."""
+
+    def detect(self, image):
+        if np.all(image == np.array(BLUE, np.uint8), axis=2).any():
+            raise RuntimeError("graph execution failed")
+        return super().detect(image)
+
+
+def test_a_photo_the_detector_fails_on_is_a_failed_record(tmp_path):
+    folder = tmp_path / "in"
+    save_scene(folder / "a.png", (64, 64), {RED: (10, 10, 50, 50)})
+    save_scene(folder / "b.png", (64, 64), {BLUE: (10, 10, 50, 50)})
+    save_scene(folder / "c.png", (64, 64), {RED: (5, 5, 40, 40)})
+    summary = crop_photos(folder, tmp_path / "out", CropConfig(), detector=ChokesOnBlue(), label="clock",
+                          progress=False)
+    assert (summary.cropped, summary.failed) == (2, 1)
+    (failed,) = [record for record in read_manifest(tmp_path / "out" / MANIFEST_NAME) if record.status == "failed"]
+    assert Path(failed.source_path).name == "b.png" and "graph execution failed" in failed.reason

@@ -170,3 +170,15 @@ def test_predict_cli_refuses_bad_options(run_dir, photos, capsys, argv, message)
 def test_missing_run_is_a_clear_error(tmp_path, photos, capsys):
     assert main(["predict", str(tmp_path / "no-run"), str(photos["light"])]) == 2
     assert "run folder not found" in capsys.readouterr().err
+
+
+def test_a_photo_the_models_fail_on_is_an_error_result(run_dir, photos, monkeypatch):
+    import detect.base
+
+    class Broken(SquareFinder):
+        def detect(self, image):
+            raise RuntimeError("graph execution failed")
+
+    monkeypatch.setattr(detect.base, "load_detector", lambda name: Broken())
+    result = Scorer.load(run_dir).score(photos["light"])
+    assert result.objects == () and "graph execution failed" in result.error
