@@ -23,8 +23,9 @@ def choose_unknown_threshold(probabilities: np.ndarray, y_true: np.ndarray, keep
     if not 0.0 < keep_correct <= 1.0:
         raise ValueError(f"keep_correct must be in (0, 1], got {keep_correct}")
     chance = 1.0 / probabilities.shape[1]
+    floor = chance + 0.1 * (1.0 - chance)
     top = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == y_true
     if not correct.any():
-        return round(chance, 4)
-    return round(float(max(np.quantile(top[correct], 1.0 - keep_correct), chance)), 4)
+        return round(floor, 4)
+    return round(float(max(np.quantile(top[correct], 1.0 - keep_correct), floor)), 4)

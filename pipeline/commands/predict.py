@@ -53,11 +53,14 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise FileNotFoundError(f"no photos found in {', '.join(args.photos)}")
     results = []
-    for path in tqdm(paths, desc="predict", unit="photo", disable=args.quiet or len(paths) < 2):
+    stems = [Path(path).stem for path in paths]
+    for index, path in enumerate(tqdm(paths, desc="predict", unit="photo", disable=args.quiet or len(paths) < 2)):
         result = scorer.score(path)
         results.append(result)
         if args.plot and result.error is None:
-            plot_photo(Path(args.plot) / f"{Path(path).stem}.png", load_image_array(path), result, scorer.class_names)
+            # Photos from different folders may share a name; number those so no plot is overwritten.
+            name = stems[index] if stems.count(stems[index]) == 1 else f"{stems[index]}_{index:04d}"
+            plot_photo(Path(args.plot) / f"{name}.png", load_image_array(path), result, scorer.class_names)
 
     print(format_table(results))
     for result in results:

@@ -11,8 +11,8 @@ from classify.calibration import choose_unknown_threshold
 @pytest.mark.parametrize("probabilities, labels, keep, expected", [
     ([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]], [0, 0, 1], 0.5, 0.8),
     ([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]], [0, 0, 1], 1.0, 0.6),
-    ([[0.9, 0.1], [0.6, 0.4]], [1, 1], 0.95, 0.5),  # nothing right: chance
-    ([[0.34, 0.33, 0.33]] * 4, [0] * 4, 0.95, 0.34),
+    ([[0.9, 0.1], [0.6, 0.4]], [1, 1], 0.95, 0.55),  # nothing right: the floor
+    ([[0.34, 0.33, 0.33]] * 4, [0] * 4, 0.95, 0.4),  # near-uniform output: the floor, above it
 ])
 def test_threshold_rows(probabilities, labels, keep, expected):
     assert choose_unknown_threshold(np.array(probabilities), np.array(labels), keep) == pytest.approx(expected)

@@ -182,3 +182,12 @@ def test_a_photo_the_models_fail_on_is_an_error_result(run_dir, photos, monkeypa
     monkeypatch.setattr(detect.base, "load_detector", lambda name: Broken())
     result = Scorer.load(run_dir).score(photos["light"])
     assert result.objects == () and "graph execution failed" in result.error
+
+
+def test_plots_of_photos_with_the_same_name_are_all_kept(run_dir, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((20, 30, 3), 240, np.uint8)).save(tmp_path / folder / "x.png")
+    assert main(["predict", str(run_dir), str(tmp_path / "a"), str(tmp_path / "b"), "--no-detect",
+                 "--plot", str(tmp_path / "plots"), "-q"]) == 0
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == ["x_0000.png", "x_0001.png"]
