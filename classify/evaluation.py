@@ -44,21 +44,32 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, batch_s
             f"(it knows {', '.join(bundle.class_names)})"
         )
     skipped = [(str(item.path), item.reason) for item in dataset.skipped]
-    images, labels = [], []
+    # Batch by batch, keeping paths only: a folder of phone photos would not fit in memory.
+    kept_paths, labels, batches = [], [], []
+    pending: list[np.ndarray] = []
     for sample in tqdm(dataset.samples, desc="evaluate", unit="img", disable=not progress):
         try:
-            images.append(load_image_array(sample.path))
+            pending.append(load_image_array(sample.path))
         except ImageError as error:
             skipped.append((str(sample.path), error.reason))
             logger.warning("skipping %s: %s", error.path, error.reason)
             continue
+        kept_paths.append(sample.path)
         labels.append(bundle.class_names.index(sample.label))
-    if not images:
+        if len(pending) == batch_size:
+            batches.append(bundle.predict(pending, batch_size=batch_size))
+            pending = []
+    if pending:
+        batches.append(bundle.predict(pending, batch_size=batch_size))
+    if not kept_paths:
         raise ValueError(f"{dataset_dir}: no readable images to evaluate")
-    probabilities = bundle.predict(images, batch_size=batch_size)
+    probabilities = np.concatenate(batches)
     y_true = np.asarray(labels, dtype=np.int64)
     metrics = evaluate_predictions(y_true, probabilities, bundle.class_names)
     metrics |= {"dataset": str(dataset_dir), "run": str(run_dir),
                 "skipped": [{"path": path, "reason": reason} for path, reason in skipped]}
-    paths = write_reports(run_dir, metrics, None, worst_mistakes(images, y_true, probabilities, mistakes), prefix)
+    worst = [(load_image_array(kept_paths[int(index)]), true, predicted, probability)
+             for index, true, predicted, probability
+             in worst_mistakes(list(range(len(kept_paths))), y_true, probabilities, mistakes)]
+    paths = write_reports(run_dir, metrics, None, worst, prefix)
     return EvaluationResult(metrics, paths)

@@ -212,3 +212,14 @@ def test_an_unreadable_file_is_skipped_not_fatal(tmp_path):
     (dataset / "red" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     result = train(dataset, tmp_path / "run", quick_config(tmp_path, epochs=1), progress=False)
     assert [item["path"] for item in result.metrics["skipped"]] == [str(dataset / "red" / "dangling.png")]
+
+
+def test_evaluate_in_small_batches_matches_one_batch(trained):
+    from classify.evaluation import evaluate
+
+    tmp_path, dataset, result = trained
+    small = evaluate(tmp_path / "run", dataset, batch_size=5, progress=False, prefix="small_")
+    whole = evaluate(tmp_path / "run", dataset, batch_size=64, progress=False, prefix="whole_")
+    assert small.metrics["samples"] == whole.metrics["samples"] == 24
+    assert small.metrics["confusion_matrix"] == whole.metrics["confusion_matrix"]
+    assert small.metrics["macro_f1"] == pytest.approx(whole.metrics["macro_f1"])
