@@ -335,6 +335,24 @@ def _resume_state(dataset: Path) -> set[tuple[str, str | None]]:
     return {(_source_key(record.source_path), record.source_sha256) for record in records}
 
 
+def _warn_stale_records(dataset: Path, photos: list[Photo]) -> list[CropRecord]:
+    """Records of photos that are gone from the input or now carry another label; logged, not deleted.
+
+    The crops stay (deleting a user's files on a guess is worse), but `train` reads the class
+    folders, so a relabelled photo would otherwise train under both labels unnoticed.
+    """
+    current = {_source_key(photo.path): photo.label for photo in photos}
+    stale = [record for record in read_manifest(dataset / MANIFEST_NAME)
+             if current.get(_source_key(record.source_path), record.label) != record.label
+             or _source_key(record.source_path) not in current]
+    if stale:
+        examples = ", ".join(sorted({record.source_path for record in stale})[:3])
+        logger.warning("%s: %d manifest record(s) are of photos no longer in the input or now under another "
+                       "label (e.g. %s); their crops are still in the dataset: delete them (see manifest.jsonl) "
+                       "or crop into a new folder", dataset, len(stale), examples)
+    return stale
+
+
 def _summarise(dataset: Path, summary: CropSummary) -> CropSummary:
     statuses: dict[str, set[str]] = {STATUS_CROPPED: set(), STATUS_EMPTY: set(), STATUS_FAILED: set()}
     for record in read_manifest(dataset / MANIFEST_NAME):
@@ -377,6 +395,7 @@ def crop_photos(
 
         detector = load_detector(config.detector)
     done = _resume_state(dataset)
+    _warn_stale_records(dataset, photos)
     summary = CropSummary(dataset=str(dataset), photos_seen=len(photos), not_images=len(not_images))
     limits = config.image_limits
 

@@ -236,3 +236,13 @@ def test_a_photo_the_detector_fails_on_is_a_failed_record(tmp_path):
     assert (summary.cropped, summary.failed) == (2, 1)
     (failed,) = [record for record in read_manifest(tmp_path / "out" / MANIFEST_NAME) if record.status == "failed"]
     assert Path(failed.source_path).name == "b.png" and "graph execution failed" in failed.reason
+
+
+def test_rerun_warns_about_photos_moved_or_removed_from_the_input(brand_folders, tmp_path, caplog):
+    out = tmp_path / "out"
+    crop_photos(brand_folders, out, CropConfig(), detector=ColourBoxDetector(), progress=False)
+    moved = next((brand_folders / "omega").iterdir())
+    moved.rename(brand_folders / "rolex" / moved.name)
+    with caplog.at_level("WARNING"):
+        crop_photos(brand_folders, out, CropConfig(), detector=ColourBoxDetector(), progress=False)
+    assert "1 manifest record(s) are of photos no longer in the input or now under another label" in caplog.text
