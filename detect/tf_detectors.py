@@ -24,12 +24,27 @@ logger = logging.getLogger(__name__)
 _OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
 
-class FrozenGraphDetector:
+class _TFDetector:
+    """Shared by the adapters: `_call` takes a uint8 [1, H, W, 3] tensor and returns the TF Hub
+    object-detection outputs, which become `Detections` here and nowhere else."""
+
+    def __init__(self, name: str, label_map: Mapping[int, str] | None):
+        self.name = name
+        self.label_map = dict(label_map if label_map is not None else coco_labels())
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Detections in `image` (uint8 RGB, (height, width, 3))."""
+        image = check_image(image)
+        outputs = self._call(tf.convert_to_tensor(image[np.newaxis]))
+        height, width = image.shape[:2]
+        return Detections.from_tensorflow(outputs, (width, height), self.label_map)
+
+
+class FrozenGraphDetector(_TFDetector):
     """A TF1 frozen inference graph (`image_tensor:0` in, `detection_*:0` out), run as a TF2 function."""
 
     def __init__(self, graph_path: str | os.PathLike, name: str, label_map: Mapping[int, str] | None = None):
-        self.name = name
-        self.label_map = dict(label_map if label_map is not None else coco_labels())
+        super().__init__(name, label_map)
         graph_path = Path(graph_path)
         graph_def = tf.compat.v1.GraphDef()
         try:
@@ -52,25 +67,17 @@ class FrozenGraphDetector:
                 f"{graph_path}: expected a TF Object Detection API graph with image_tensor:0 and "
                 f"{', '.join(key + ':0' for key in _OUTPUT_KEYS)}; {error}"
             ) from None
-        self._function = wrapped.prune(inputs, outputs)
+        self._call = wrapped.prune(inputs, outputs)
         logger.debug("loaded frozen graph %s", graph_path)
 
-    def detect(self, image: np.ndarray) -> Detections:
-        """Detections in `image` (uint8 RGB, (height, width, 3))."""
-        image = check_image(image)
-        outputs = self._function(tf.convert_to_tensor(image[np.newaxis]))
-        height, width = image.shape[:2]
-        return Detections.from_tensorflow(outputs, (width, height), self.label_map)
 
-
-class SavedModelDetector:
+class SavedModelDetector(_TFDetector):
     """A TF Hub handle or SavedModel directory with the TF Hub object-detection signature."""
 
     def __init__(self, handle: str | os.PathLike, name: str, label_map: Mapping[int, str] | None = None):
         import tensorflow_hub as hub
 
-        self.name = name
-        self.label_map = dict(label_map if label_map is not None else coco_labels())
+        super().__init__(name, label_map)
         handle = os.fspath(handle)
         is_remote = "://" in handle
         if not is_remote and not (Path(handle) / "saved_model.pb").is_file():
@@ -99,10 +106,3 @@ class SavedModelDetector:
             raise ValueError(f"{handle}: SavedModel is neither callable nor has a serving_default signature")
         self._model = model  # keeps the restored variables alive
         logger.debug("loaded SavedModel %s", handle)
-
-    def detect(self, image: np.ndarray) -> Detections:
-        """Detections in `image` (uint8 RGB, (height, width, 3))."""
-        image = check_image(image)
-        outputs = self._call(tf.convert_to_tensor(image[np.newaxis]))
-        height, width = image.shape[:2]
-        return Detections.from_tensorflow(outputs, (width, height), self.label_map)
