@@ -33,11 +33,12 @@ def main() -> int:
     import numpy as np
 
     from classify.bundle import resize_images
+    from data.folders import expand_image_paths
     from data.images import load_image_array
     from detect.crop import crop_detections
-    from pipeline.scoring import Scorer, expand_photo_paths
+    from pipeline.scoring import Scorer
 
-    paths = expand_photo_paths([args.photos])[: args.limit]
+    paths = expand_image_paths([args.photos])[: args.limit]
     if not paths:
         print(f"no photos under {args.photos}", file=sys.stderr)
         return 2

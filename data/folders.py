@@ -73,21 +73,31 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def _walk_images(folder: Path, skipped: list[Skipped]) -> list[Path]:
-    images = []
+def find_images(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) under `folder`, recursively, sorted, hidden files and folders left out."""
+    images, others = [], []
     for directory, subdirectories, files in os.walk(folder):
         subdirectories[:] = sorted(name for name in subdirectories if _visible(name))
         for name in sorted(files):
-            if not _visible(name):
-                continue
-            path = Path(directory) / name
-            if is_image_path(path):
-                images.append(path)
-            else:
-                skipped.append(
-                    Skipped(path, f"extension {path.suffix or '(none)'!r} is not an image extension "
-                                  f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-                )
+            if _visible(name):
+                path = Path(directory) / name
+                (images if is_image_path(path) else others).append(path)
+    return images, others
+
+
+def expand_image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Files as given (a missing one stays, for the caller to report), folders expanded by `find_images`."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        paths.extend(sorted(find_images(item)[0]) if item.is_dir() else [item])
+    return paths
+
+
+def _walk_images(folder: Path, skipped: list[Skipped]) -> list[Path]:
+    images, others = find_images(folder)
+    for path in others:
+        skipped.append(Skipped(path, f"extension {path.suffix or '(none)'!r} is not an image extension "
+                                     f"({', '.join(sorted(IMAGE_EXTENSIONS))})"))
     return images
 
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from data.atomic import atomic_write_bytes, atomic_write_json
 from data.config import config_to_dict, load_config_file
-from data.folders import scan_class_folders
+from data.folders import find_images, scan_class_folders
 from data.images import ImageError, ImageLimits, bytes_sha256, file_sha256, is_image_path, load_image_array
 from data.manifest import (
     MANIFEST_NAME, STATUS_CROPPED, STATUS_EMPTY, STATUS_FAILED, CropRecord, ManifestWriter,
@@ -224,18 +224,6 @@ class CropSummary:
         return dict(self.__dict__)
 
 
-def _visible_images(folder: Path, not_images: list[Path]) -> list[Path]:
-    found = []
-    for directory, subdirectories, files in os.walk(folder):
-        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = Path(directory) / name
-            (found if is_image_path(path) else not_images).append(path)
-    return found
-
-
 def list_photos(input_dir: str | os.PathLike, label: str | None = None,
                 default_label: str = "clock") -> tuple[list[Photo], list[Path]]:
     """The photos to crop and the non-image files found, in sorted order.
@@ -254,9 +242,8 @@ def list_photos(input_dir: str | os.PathLike, label: str | None = None,
     has_own_images = any(entry.is_file() and is_image_path(entry) and not entry.name.startswith(".")
                          for entry in input_dir.iterdir())
     if label is not None or has_own_images:
-        not_images: list[Path] = []
-        photos = [Photo(path, label or default_label) for path in _visible_images(input_dir, not_images)]
-        return photos, not_images
+        images, not_images = find_images(input_dir)
+        return [Photo(path, label or default_label) for path in images], not_images
     dataset = scan_class_folders(input_dir)
     return [Photo(sample.path, sample.label) for sample in dataset.samples], [item.path for item in dataset.skipped]
 

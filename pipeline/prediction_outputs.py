@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data.atomic import atomic_write_bytes, atomic_write_text
-from pipeline.scoring import PhotoResult
+from pipeline.scoring import PhotoResult, Scorer
 
 #: Bumped when the JSON layout changes meaning.
 PREDICTIONS_SCHEMA_VERSION = 1
@@ -70,6 +70,31 @@ def format_table(results: Sequence[PhotoResult], max_width: int = 40) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def score_photos(scorer: Scorer, paths: Sequence[Path], plot_dir: str | os.PathLike | None = None,
+                 json_path: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None,
+                 run_dir: str = "", progress: bool = True) -> list[PhotoResult]:
+    """Score `paths` and write what `detcrop predict` writes: a PNG per readable photo in
+    `plot_dir`, the JSON document and the CSV, each only when its destination is given."""
+    from tqdm import tqdm
+
+    from data.images import load_image_array
+
+    results = []
+    stems = [Path(path).stem for path in paths]
+    for index, path in enumerate(tqdm(paths, desc="predict", unit="photo", disable=not progress or len(paths) < 2)):
+        result = scorer.score(path)
+        results.append(result)
+        if plot_dir is not None and result.error is None:
+            # Photos from different folders may share a name; number those so no plot is overwritten.
+            name = stems[index] if stems.count(stems[index]) == 1 else f"{stems[index]}_{index:04d}"
+            plot_photo(Path(plot_dir) / f"{name}.png", load_image_array(path), result, scorer.class_names)
+    if json_path is not None:
+        write_json(json_path, predictions_document(results, scorer.class_names, scorer.unknown_threshold, run_dir))
+    if csv_path is not None:
+        write_csv(csv_path, results, scorer.class_names)
+    return results
 
 
 def plot_photo(path: str | os.PathLike, image, result: PhotoResult, class_names: Sequence[str]) -> None:

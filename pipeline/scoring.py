@@ -17,8 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -192,17 +191,3 @@ class Scorer:
         for path in paths:
             yield self.score(path)
 
-
-def expand_photo_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, and folders expanded recursively to their image files (sorted)."""
-    from data.images import is_image_path
-
-    paths: list[Path] = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            paths.extend(sorted(path for path in item.rglob("*")
-                                if path.is_file() and is_image_path(path) and not path.name.startswith(".")))
-        else:
-            paths.append(item)  # missing files become per-photo errors, not a crash
-    return paths

@@ -22,12 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data.folders import add_images, scan_class_folders
-    from pipeline.scoring import expand_photo_paths
+    from data.folders import add_images, expand_image_paths, scan_class_folders
 
     if args.size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
-    report = add_images(args.dataset, args.class_name, expand_photo_paths(args.images),
+    report = add_images(args.dataset, args.class_name, expand_image_paths(args.images),
                         square=not args.keep_shape, size=args.size)
     print(f"{args.class_name}: added {len(report.added)}, already there {len(report.duplicates)}, "
           f"failed {len(report.failed)}")

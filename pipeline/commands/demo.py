@@ -36,9 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from detect.base import load_detector
     from detect.crop import CropConfig, crop_photos
     from pipeline.demo_scenes import write_demo_photos
-    from pipeline.prediction_outputs import format_table, plot_photo, predictions_document, write_csv, write_json
+    from pipeline.prediction_outputs import format_table, score_photos
     from pipeline.scoring import Scorer
-    from data.images import load_image_array
 
     out = Path(args.out)
     photos, new_photos = out / "photos", out / "new-photos"
@@ -63,14 +62,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"[4/4] detcrop predict {run_dir} {new_photos} --json {predictions}/predictions.json "
           f"--csv {predictions}/predictions.csv --plot {predictions}/plots")
     scorer = Scorer.load(run_dir)
-    results = []
-    for path in new_paths:
-        scored = scorer.score(path)
-        results.append(scored)
-        plot_photo(predictions / "plots" / f"{path.stem}.png", load_image_array(path), scored, scorer.class_names)
-    write_json(predictions / "predictions.json",
-               predictions_document(results, scorer.class_names, scorer.unknown_threshold, str(run_dir)))
-    write_csv(predictions / "predictions.csv", results, scorer.class_names)
+    results = score_photos(scorer, new_paths, predictions / "plots", predictions / "predictions.json",
+                           predictions / "predictions.csv", str(run_dir), progress=False)
     print(format_table(results))
     right = sum(result.top_class() == Path(result.path).name.split("_")[0] for result in results)
     print(f"\nnew photos classified as their true style: {right} of {len(results)} "

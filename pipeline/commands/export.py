@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
         from classify.bundle import load_bundle
         from classify.export import ExportedModel
+        from data.folders import expand_image_paths
         from data.images import load_image_array
-        from pipeline.scoring import expand_photo_paths
 
-        images = [load_image_array(path) for path in expand_photo_paths(args.check)]
+        images = [load_image_array(path) for path in expand_image_paths(args.check)]
         expected = load_bundle(args.run).predict(images, tta_flip=False)
         received = ExportedModel(args.out).predict(images)
         agree = float(np.mean(expected.argmax(axis=1) == received.argmax(axis=1)))

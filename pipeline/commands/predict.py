@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,11 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from data.images import load_image_array
-    from pipeline.prediction_outputs import format_table, plot_photo, predictions_document, write_csv, write_json
-    from pipeline.scoring import Scorer, expand_photo_paths
+    from data.folders import expand_image_paths
+    from pipeline.prediction_outputs import format_table, score_photos
+    from pipeline.scoring import Scorer
 
     if args.max_objects < 1:
         raise ValueError(f"--max-objects must be >= 1, got {args.max_objects}")
@@ -49,19 +46,10 @@ def run(args: argparse.Namespace) -> int:
     for name in (args.confidence_of, args.is_class):
         if name is not None and name not in scorer.class_names:
             raise ValueError(f"unknown class {name!r}; this run's classes are: {', '.join(scorer.class_names)}")
-    paths = expand_photo_paths(args.photos)
+    paths = expand_image_paths(args.photos)
     if not paths:
         raise FileNotFoundError(f"no photos found in {', '.join(args.photos)}")
-    results = []
-    stems = [Path(path).stem for path in paths]
-    for index, path in enumerate(tqdm(paths, desc="predict", unit="photo", disable=args.quiet or len(paths) < 2)):
-        result = scorer.score(path)
-        results.append(result)
-        if args.plot and result.error is None:
-            # Photos from different folders may share a name; number those so no plot is overwritten.
-            name = stems[index] if stems.count(stems[index]) == 1 else f"{stems[index]}_{index:04d}"
-            plot_photo(Path(args.plot) / f"{name}.png", load_image_array(path), result, scorer.class_names)
-
+    results = score_photos(scorer, paths, args.plot, args.json_path, args.csv_path, args.run, progress=not args.quiet)
     print(format_table(results))
     for result in results:
         answers = []
@@ -73,13 +61,9 @@ def run(args: argparse.Namespace) -> int:
             answers.append(f"is {args.is_class}={'true' if result.is_class(args.is_class) else 'false'}")
         if answers:
             print(f"{result.path}: " + "  ".join(answers))
-    document = predictions_document(results, scorer.class_names, scorer.unknown_threshold, args.run)
-    if args.json_path:
-        write_json(args.json_path, document)
-        print(f"wrote {args.json_path}")
-    if args.csv_path:
-        write_csv(args.csv_path, results, scorer.class_names)
-        print(f"wrote {args.csv_path}")
+    for path in (args.json_path, args.csv_path):
+        if path:
+            print(f"wrote {path}")
     if args.plot:
         print(f"wrote plots to {args.plot}/")
     failed = sum(result.error is not None for result in results)
