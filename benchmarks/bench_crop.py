@@ -22,9 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from data.images import ImageError, is_image_path, load_image_array  # noqa: E402
-from detect.base import load_detector  # noqa: E402
-from detect.crop import CropConfig, crop_photos  # noqa: E402
+from detcrop.data.images import ImageError, is_image_path, load_image_array  # noqa: E402
+from detcrop.detect.base import load_detector  # noqa: E402
+from detcrop.detect.crop import CropConfig, crop_photos  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_FOLDERS = (SHARED / "clock-scenes", SHARED / "caltech-watch")

@@ -32,11 +32,11 @@ def main() -> int:
 
     import numpy as np
 
-    from classify.bundle import resize_images
-    from data.folders import expand_image_paths
-    from data.images import load_image_array
-    from detect.crop import crop_detections
-    from pipeline.scoring import Scorer
+    from detcrop.classify.bundle import resize_images
+    from detcrop.data.folders import expand_image_paths
+    from detcrop.data.images import load_image_array
+    from detcrop.detect.crop import crop_detections
+    from detcrop.pipeline.scoring import Scorer
 
     paths = expand_image_paths([args.photos])[: args.limit]
     if not paths:

@@ -42,13 +42,13 @@ def main() -> int:
 
     import keras
 
-    from classify.bundle import resize_images
-    from classify.features import FeatureCache, build_feature_model, extract_features
-    from classify.reports import evaluate_predictions
-    from classify.training import build_head, compose_model
-    from data.folders import scan_class_folders
-    from data.images import file_sha256, load_image_array
-    from data.splits import split_class_folders
+    from detcrop.classify.bundle import resize_images
+    from detcrop.classify.features import FeatureCache, build_feature_model, extract_features
+    from detcrop.classify.reports import evaluate_predictions
+    from detcrop.classify.training import build_head, compose_model
+    from detcrop.data.folders import scan_class_folders
+    from detcrop.data.images import file_sha256, load_image_array
+    from detcrop.data.splits import split_class_folders
 
     data = Path(args.data)
     if not data.is_dir():

@@ -47,14 +47,14 @@ def main() -> int:
     args, train_flags = parser.parse_known_args()
     train_flags = [flag for flag in train_flags if flag != "--"]
 
-    from classify.evaluation import evaluate
-    from data.folders import scan_class_folders
-    from data.images import file_sha256
-    from data.manifest import MANIFEST_NAME, read_manifest
-    from data.splits import split_class_folders
-    from pipeline.cli import build_parser
-    from pipeline.commands.train import _overrides
-    from classify.training import make_train_config, train
+    from detcrop.classify.evaluation import evaluate
+    from detcrop.data.folders import scan_class_folders
+    from detcrop.data.images import file_sha256
+    from detcrop.data.manifest import MANIFEST_NAME, read_manifest
+    from detcrop.data.splits import split_class_folders
+    from detcrop.pipeline.cli import build_parser
+    from detcrop.pipeline.commands.train import _overrides
+    from detcrop.classify.training import make_train_config, train
 
     out = Path(args.out)
     if out.exists():

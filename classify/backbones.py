@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from data.images import file_sha256
+from detcrop.data.images import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _mobilenetv2(input_size: int, weights):
 
 
 def _efficientnet_lite0(input_size: int, weights):
-    from classify.efficientnet_lite import build_efficientnet_lite0
+    from detcrop.classify.efficientnet_lite import build_efficientnet_lite0
 
     return build_efficientnet_lite0((input_size, input_size, 3), include_top=False, weights=weights)
 
@@ -95,7 +95,7 @@ def _minus_one_to_one():
 
 
 def _lite0_preprocessing():
-    from classify.efficientnet_lite import lite0_preprocessing
+    from detcrop.classify.efficientnet_lite import lite0_preprocessing
 
     return [lite0_preprocessing()]
 
@@ -137,7 +137,7 @@ def weights_source(name: str, weights: str | os.PathLike | None = None, seed: in
     if weights == "package":
         if name != "efficientnet-lite0":
             raise ValueError(f"{name}: weights='package' exists only for efficientnet-lite0; use 'imagenet' or a PATH")
-        from classify.efficientnet_lite import WEIGHTS_DISTRIBUTION
+        from detcrop.classify.efficientnet_lite import WEIGHTS_DISTRIBUTION
 
         try:
             version = importlib.metadata.version(WEIGHTS_DISTRIBUTION)

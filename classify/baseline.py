@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data.config import ConfigError
+from detcrop.data.config import ConfigError
 
 if TYPE_CHECKING:  # TensorFlow loads only when a model is built
     import keras
 
-    from classify.baseline_data import ArrayDataset
+    from detcrop.classify.baseline_data import ArrayDataset
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def build_serving_model(core: "keras.Model", input_shape: tuple[int, int, int]) 
     import keras
     from keras import layers
 
-    from classify.bundle import resize_layer
+    from detcrop.classify.bundle import resize_layer
 
     height, width, channels = input_shape
     if height != width:
@@ -402,11 +402,11 @@ def run_baseline(
     classification_report.txt, confusion_matrix.png, curves.png, mistakes.png
     (`classify.reports`), training_log.json, model_summary.txt.
     """
-    from classify.baseline_data import load_dataset
-    from classify.bundle import save_bundle
-    from classify.reports import evaluate_predictions, worst_mistakes, write_reports
-    from data.atomic import atomic_write_json, atomic_write_text
-    from data.config import config_to_dict
+    from detcrop.classify.baseline_data import load_dataset
+    from detcrop.classify.bundle import save_bundle
+    from detcrop.classify.reports import evaluate_predictions, worst_mistakes, write_reports
+    from detcrop.data.atomic import atomic_write_json, atomic_write_text
+    from detcrop.data.config import config_to_dict
 
     run_dir = Path(run_dir)
     config = config.resolved()

@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.folders import scan_class_folders
-from data.images import ImageError, load_image
-from data.splits import source_hashes_from_manifest, split_class_folders
+from detcrop.data.folders import scan_class_folders
+from detcrop.data.images import ImageError, load_image
+from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ def load_class_folders(
         logger.warning("%s: skipped %d unreadable or non-image files", root, len(skipped))
     if not readable:
         raise DatasetError(f"{root}: no readable images in {len(dataset.class_names)} class folders")
-    from data.folders import ClassFolderDataset
+    from detcrop.data.folders import ClassFolderDataset
 
     readable_dataset = ClassFolderDataset(root=dataset.root, class_names=dataset.class_names, samples=tuple(readable))
     split = split_class_folders(

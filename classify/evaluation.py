@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.folders import scan_class_folders
-from data.images import ImageError, load_image_array
+from detcrop.data.folders import scan_class_folders
+from detcrop.data.images import ImageError, load_image_array
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, batch_s
     The dataset's class folders must be classes the bundle knows (a subset is fine);
     unreadable images are skipped and listed in the metrics.
     """
-    from classify.bundle import load_bundle
-    from classify.reports import evaluate_predictions, worst_mistakes, write_reports
+    from detcrop.classify.bundle import load_bundle
+    from detcrop.classify.reports import evaluate_predictions, worst_mistakes, write_reports
 
     bundle = load_bundle(run_dir)
     dataset = scan_class_folders(dataset_dir)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, current_umask
+from detcrop.data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, current_umask
 
 EXPORT_FORMATS = ("savedmodel", "tflite")
 LABELS_NAME = "labels.txt"
@@ -37,7 +37,7 @@ def _tflite_source_model(bundle):
     """The bundle model from just after its resize layer: fixed S x S raw-pixel input."""
     import keras
 
-    from classify.bundle import RESIZE_LAYER_NAME
+    from detcrop.classify.bundle import RESIZE_LAYER_NAME
 
     resize = bundle.model.get_layer(RESIZE_LAYER_NAME)
     return keras.Model(resize.output, bundle.model.output, name="detcrop_tflite")
@@ -81,7 +81,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, export
     """
     import tensorflow as tf
 
-    from classify.bundle import load_bundle
+    from detcrop.classify.bundle import load_bundle
 
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
@@ -149,7 +149,7 @@ class ExportedModel:
 
     def predict(self, images) -> np.ndarray:
         """Probabilities for uint8 HxWx3 images of any size."""
-        from classify.bundle import resize_images
+        from detcrop.classify.bundle import resize_images
 
         rows = []
         for image in images:

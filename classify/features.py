@@ -22,8 +22,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from data.atomic import atomic_write_bytes, atomic_write_json
-from data.images import ImageError, load_image_array
+from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
+from detcrop.data.images import ImageError, load_image_array
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def build_feature_model(backbone: str, input_size: int, weights=None, seed: int 
     """(keras.Model: (S, S, 3) pixels 0..255 -> pooled features, weights_source, base, preprocessing layers)."""
     import keras
 
-    from classify.backbones import build_base, get_backbone
+    from detcrop.classify.backbones import build_base, get_backbone
 
     base, source = build_base(backbone, input_size, weights, seed)
     base.trainable = False
@@ -120,7 +120,7 @@ def extract_features(
 
     Images that fail to load are skipped and reported in `FeatureResult.skipped`.
     """
-    from classify.bundle import resize_images, resize_layer
+    from detcrop.classify.bundle import resize_images, resize_layer
 
     for variant in variants:
         if variant not in VARIANTS:

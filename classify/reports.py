@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from detcrop.data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: File names written by `write_reports`.
 METRICS_NAME = "metrics.json"

@@ -25,11 +25,11 @@ from typing import Callable
 
 import numpy as np
 
-from data.atomic import atomic_write_json
-from data.config import ConfigError, build_config, config_to_dict
-from data.folders import scan_class_folders
-from data.images import ImageError, file_sha256, load_image_array
-from data.splits import source_hashes_from_manifest, split_class_folders
+from detcrop.data.atomic import atomic_write_json
+from detcrop.data.config import ConfigError, build_config, config_to_dict
+from detcrop.data.folders import scan_class_folders
+from detcrop.data.images import ImageError, file_sha256, load_image_array
+from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def compose_model(input_size: int, preprocessing: list, base, head, augmentation
     """One model: pixels 0..255 (any size) -> resize -> [augmentation] -> preprocessing -> base -> GAP -> head."""
     import keras
 
-    from classify.bundle import resize_layer
+    from detcrop.classify.bundle import resize_layer
 
     inputs = keras.Input((None, None, 3), name="pixels")
     x = resize_layer(input_size)(inputs)
@@ -237,7 +237,7 @@ def _load_images(paths: list[Path], input_size: int, progress: bool) -> tuple[np
     """uint8 (N, S, S, 3) of the images that load, their indices, and the skipped ones."""
     from tqdm import tqdm
 
-    from classify.bundle import resize_images, resize_layer
+    from detcrop.classify.bundle import resize_images, resize_layer
 
     layer = resize_layer(input_size)
     images = np.zeros((len(paths), input_size, input_size, 3), dtype=np.uint8)
@@ -329,10 +329,10 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     """
     import keras
 
-    from classify.bundle import library_versions, predict_images, save_bundle
-    from classify.features import FeatureCache, build_feature_model, default_cache_dir, extract_features
-    from classify.calibration import choose_unknown_threshold
-    from classify.reports import evaluate_predictions, worst_mistakes, write_reports
+    from detcrop.classify.bundle import library_versions, predict_images, save_bundle
+    from detcrop.classify.features import FeatureCache, build_feature_model, default_cache_dir, extract_features
+    from detcrop.classify.calibration import choose_unknown_threshold
+    from detcrop.classify.reports import evaluate_predictions, worst_mistakes, write_reports
 
     started = time.perf_counter()
     timings: dict[str, float] = {}

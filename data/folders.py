@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from data.atomic import atomic_write_bytes
-from data.images import IMAGE_EXTENSIONS, ImageError, ImageLimits, bytes_sha256, is_image_path, load_image
+from detcrop.data.atomic import atomic_write_bytes
+from detcrop.data.images import IMAGE_EXTENSIONS, ImageError, ImageLimits, bytes_sha256, is_image_path, load_image
 
 #: Files the tools write into a dataset root that are not images and not worth reporting.
 _KNOWN_ROOT_FILES = frozenset({"manifest.jsonl", "crop_config.json", "summary.json", "README.md"})

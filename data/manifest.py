@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from data.atomic import atomic_open
+from detcrop.data.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from data.images import file_sha256
-from data.manifest import MANIFEST_NAME, iter_manifest
+from detcrop.data.images import file_sha256
+from detcrop.data.manifest import MANIFEST_NAME, iter_manifest
 
 if TYPE_CHECKING:
-    from data.folders import ClassFolderDataset
+    from detcrop.data.folders import ClassFolderDataset
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.folders import ClassFolderDataset, scan_class_folders
-from data.images import ImageError, ImageLimits, file_sha256, load_image
+from detcrop.data.folders import ClassFolderDataset, scan_class_folders
+from detcrop.data.images import ImageError, ImageLimits, file_sha256, load_image
 
 
 @dataclass(frozen=True)

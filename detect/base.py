@@ -20,8 +20,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from data.packages import find_distribution_file
-from detect.detections import Detections
+from detcrop.data.packages import find_distribution_file
+from detcrop.detect.detections import Detections
 
 #: The offline default.
 DEFAULT_DETECTOR = "ssd-mobilenet-v2"
@@ -79,7 +79,7 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR) -> Detecto
     Raises `DetectorNotFoundError` saying what was looked for and how to provide it.
     """
     # The adapters import TensorFlow; keep that out of `import detect`.
-    from detect import tf_detectors
+    from detcrop.detect import tf_detectors
 
     text = os.fspath(name_or_path)
     if text == "ssd-mobilenet-v2":

@@ -32,18 +32,18 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.atomic import atomic_write_bytes, atomic_write_json
-from data.config import config_to_dict, load_config_file
-from data.folders import find_images, scan_class_folders
-from data.images import ImageError, ImageLimits, bytes_sha256, file_sha256, is_image_path, load_image_array
-from data.manifest import (
+from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
+from detcrop.data.config import config_to_dict, load_config_file
+from detcrop.data.folders import find_images, scan_class_folders
+from detcrop.data.images import ImageError, ImageLimits, bytes_sha256, file_sha256, is_image_path, load_image_array
+from detcrop.data.manifest import (
     MANIFEST_NAME, STATUS_CROPPED, STATUS_EMPTY, STATUS_FAILED, CropRecord, ManifestWriter,
     read_manifest, write_manifest,
 )
-from detect.base import DEFAULT_DETECTOR, Detector
-from detect.detections import Detections
-from detect.geometry import SQUARE_MODES, CropTooSmallError, crop_region, cut_region
-from detect.labels import coco_labels, resolve_class_ids
+from detcrop.detect.base import DEFAULT_DETECTOR, Detector
+from detcrop.detect.detections import Detections
+from detcrop.detect.geometry import SQUARE_MODES, CropTooSmallError, crop_region, cut_region
+from detcrop.detect.labels import coco_labels, resolve_class_ids
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def crop_photos(
     dataset.mkdir(parents=True, exist_ok=True)
     _check_config(dataset, config)
     if detector is None:
-        from detect.base import load_detector
+        from detcrop.detect.base import load_detector
 
         detector = load_detector(config.detector)
     done = _resume_state(dataset)

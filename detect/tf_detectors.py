@@ -15,9 +15,9 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from detect.base import FASTER_RCNN_DIR_ENV, FASTER_RCNN_HANDLE, DetectorNotFoundError, check_image
-from detect.detections import Detections
-from detect.labels import coco_labels
+from detcrop.detect.base import FASTER_RCNN_DIR_ENV, FASTER_RCNN_HANDLE, DetectorNotFoundError, check_image
+from detcrop.detect.detections import Detections
+from detcrop.detect.labels import coco_labels
 
 logger = logging.getLogger(__name__)
 

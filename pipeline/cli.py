@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(f"pipeline.commands.{name}").register(subparsers)
+        importlib.import_module(f"detcrop.pipeline.commands.{name}").register(subparsers)
     for subparser in subparsers.choices.values():
         subparser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
         subparser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")

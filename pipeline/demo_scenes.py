@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from data.atomic import atomic_open
+from detcrop.data.atomic import atomic_open
 
 DEMO_CLASSES = ("classic", "diver")
 _BACKGROUNDS = ("brick", "grass", "gravel", "coffee", "chelsea", "astronaut", "rocket", "camera", "horse")

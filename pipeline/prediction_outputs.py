@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from data.atomic import atomic_write_bytes, atomic_write_text
-from pipeline.scoring import PhotoResult, Scorer
+from detcrop.data.atomic import atomic_write_bytes, atomic_write_text
+from detcrop.pipeline.scoring import PhotoResult, Scorer
 
 #: Bumped when the JSON layout changes meaning.
 PREDICTIONS_SCHEMA_VERSION = 1
@@ -79,7 +79,7 @@ def score_photos(scorer: Scorer, paths: Sequence[Path], plot_dir: str | os.PathL
     `plot_dir`, the JSON document and the CSV, each only when its destination is given."""
     from tqdm import tqdm
 
-    from data.images import load_image_array
+    from detcrop.data.images import load_image_array
 
     results = []
     stems = [Path(path).stem for path in paths]

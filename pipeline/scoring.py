@@ -21,8 +21,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from data.config import build_config
-from data.images import ImageError, ImageLimits, load_image_array
+from detcrop.data.config import build_config
+from detcrop.data.images import ImageError, ImageLimits, load_image_array
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class Scorer:
         caps the objects scored per photo (training may keep only the best one); a
         `score_threshold` overrides the crop config's.
         """
-        from classify.bundle import load_bundle
-        from detect.crop import CropConfig
+        from detcrop.classify.bundle import load_bundle
+        from detcrop.detect.crop import CropConfig
 
         bundle = load_bundle(run_dir)
         saved = dict(bundle.metadata.get("crop_config") or {})
@@ -128,7 +128,7 @@ class Scorer:
             raise ValueError(f"unknown threshold must be in [0, 1], got {threshold}")
         loaded_detector = None
         if detect:
-            from detect.base import load_detector
+            from detcrop.detect.base import load_detector
 
             loaded_detector = load_detector(crop_config.detector)
         return cls(bundle=bundle, detector=loaded_detector, crop_config=crop_config,
@@ -139,7 +139,7 @@ class Scorer:
         return self.bundle.class_names
 
     def _objects(self, image: np.ndarray) -> tuple[list[ObjectResult], str | None]:
-        from detect.crop import crop_detections, describe_empty
+        from detcrop.detect.crop import crop_detections, describe_empty
 
         if self.detector is None:
             height, width = image.shape[:2]

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data.folders import add_images, expand_image_paths, scan_class_folders
+    from detcrop.data.folders import add_images, expand_image_paths, scan_class_folders
 
     if args.size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {args.size}")

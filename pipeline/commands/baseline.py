@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from data.config import build_config
+from detcrop.data.config import build_config
 
 #: Where a run goes when --out is not given: runs/baseline-<dataset>-<recipe>.
 DEFAULT_RUNS_DIR = Path("runs")
@@ -13,7 +13,7 @@ DEFAULT_RUNS_DIR = Path("runs")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # Defaults are read from the config dataclass without importing TensorFlow.
-    from classify.baseline import RECIPES, BaselineConfig
+    from detcrop.classify.baseline import RECIPES, BaselineConfig
 
     defaults = BaselineConfig()
     parser = subparsers.add_parser(
@@ -51,8 +51,8 @@ def _default_run_dir(dataset: str, recipe: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from classify.baseline import BaselineConfig, run_baseline
-    from classify.reports import format_summary
+    from detcrop.classify.baseline import BaselineConfig, run_baseline
+    from detcrop.classify.reports import format_summary
 
     overrides = {
         "dataset": args.dataset, "data_dir": args.data_dir, "recipe": args.recipe, "epochs": args.epochs,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from detect.base import DEFAULT_DETECTOR, KNOWN_DETECTORS
-from detect.geometry import SQUARE_MODES
+from detcrop.detect.base import DEFAULT_DETECTOR, KNOWN_DETECTORS
+from detcrop.detect.geometry import SQUARE_MODES
 
 # CropConfig lives in detect.crop, which imports only numpy/Pillow/tqdm: cheap enough for --help.
-from detect.crop import ON_EMPTY_MODES, CropConfig
+from detcrop.detect.crop import ON_EMPTY_MODES, CropConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data.config import build_config, load_config_file
-    from detect.crop import crop_photos
+    from detcrop.data.config import build_config, load_config_file
+    from detcrop.detect.crop import crop_photos
 
     base = load_config_file(CropConfig, args.config) if args.config else None
     targets = None

@@ -31,13 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from classify.reports import format_summary
-    from classify.training import make_train_config, train
-    from detect.base import load_detector
-    from detect.crop import CropConfig, crop_photos
-    from pipeline.demo_scenes import write_demo_photos
-    from pipeline.prediction_outputs import format_table, score_photos
-    from pipeline.scoring import Scorer
+    from detcrop.classify.reports import format_summary
+    from detcrop.classify.training import make_train_config, train
+    from detcrop.detect.base import load_detector
+    from detcrop.detect.crop import CropConfig, crop_photos
+    from detcrop.pipeline.demo_scenes import write_demo_photos
+    from detcrop.pipeline.prediction_outputs import format_table, score_photos
+    from detcrop.pipeline.scoring import Scorer
 
     out = Path(args.out)
     photos, new_photos = out / "photos", out / "new-photos"

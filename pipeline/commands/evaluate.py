@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from classify.evaluation import evaluate
-    from classify.reports import format_summary
+    from detcrop.classify.evaluation import evaluate
+    from detcrop.classify.reports import format_summary
 
     result = evaluate(args.run, args.dataset, batch_size=args.batch_size, progress=not (args.quiet or args.json))
     if args.json:

@@ -22,17 +22,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from classify.export import export_bundle
+    from detcrop.classify.export import export_bundle
 
     path = export_bundle(args.run, args.out, args.export_format, args.quantize)
     print(f"wrote {path} (labels: {args.out}/labels.txt, spec: {args.out}/export.json)")
     if args.check:
         import numpy as np
 
-        from classify.bundle import load_bundle
-        from classify.export import ExportedModel
-        from data.folders import expand_image_paths
-        from data.images import load_image_array
+        from detcrop.classify.bundle import load_bundle
+        from detcrop.classify.export import ExportedModel
+        from detcrop.data.folders import expand_image_paths
+        from detcrop.data.images import load_image_array
 
         images = [load_image_array(path) for path in expand_image_paths(args.check)]
         expected = load_bundle(args.run).predict(images, tta_flip=False)

@@ -34,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data.folders import expand_image_paths
-    from pipeline.prediction_outputs import format_table, score_photos
-    from pipeline.scoring import Scorer
+    from detcrop.data.folders import expand_image_paths
+    from detcrop.pipeline.prediction_outputs import format_table, score_photos
+    from detcrop.pipeline.scoring import Scorer
 
     if args.max_objects < 1:
         raise ValueError(f"--max-objects must be >= 1, got {args.max_objects}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from data.config import read_json_object
+from detcrop.data.config import read_json_object
 
 #: CLI flag -> TrainConfig key (flags left out keep the config file's or the default value).
 _FLAG_KEYS = {
@@ -17,7 +17,7 @@ _FLAG_KEYS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from classify.training import TrainConfig
+    from detcrop.classify.training import TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser(
@@ -69,8 +69,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from classify.reports import format_summary
-    from classify.training import make_train_config, train
+    from detcrop.classify.reports import format_summary
+    from detcrop.classify.training import make_train_config, train
 
     config = make_train_config(_overrides(args))
     result = train(args.dataset, args.out, config, progress=not args.quiet)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from data.config import build_config
-from data.validate import ValidationConfig, validate_dataset
+from detcrop.data.config import build_config
+from detcrop.data.validate import ValidationConfig, validate_dataset
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import EXIT_USAGE, main
+from detcrop.pipeline.cli import EXIT_USAGE, main
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classify.baseline_data import (
+from detcrop.classify.baseline_data import (
     CIFAR10_CLASS_NAMES,
     FASHION_MNIST_CLASS_NAMES,
     ArrayDataset,

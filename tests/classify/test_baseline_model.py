@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from classify.baseline import (
+from detcrop.classify.baseline import (
     MIN_IMAGE_SIZE,
     RECIPES,
     SEED_PARAMS_CIFAR10,
@@ -23,9 +23,9 @@ from classify.baseline import (
     run_baseline,
     time_to_accuracy,
 )
-from classify.baseline_data import ArrayDataset
-from classify.bundle import load_bundle
-from data.config import ConfigError, build_config
+from detcrop.classify.baseline_data import ArrayDataset
+from detcrop.classify.bundle import load_bundle
+from detcrop.data.config import ConfigError, build_config
 
 
 def test_seed_cnn_has_the_tutorial_parameter_count():

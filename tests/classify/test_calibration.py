@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classify.calibration import choose_unknown_threshold
+from detcrop.classify.calibration import choose_unknown_threshold
 
 
 @pytest.mark.parametrize("probabilities, labels, keep, expected", [

@@ -7,8 +7,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from classify.backbones import WeightsUnavailableError, build_base, get_backbone, weights_source
-from classify.features import FeatureCache
+from detcrop.classify.backbones import WeightsUnavailableError, build_base, get_backbone, weights_source
+from detcrop.classify.features import FeatureCache
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from classify.bundle import BUNDLE_NAME, MODEL_NAME, load_bundle, resize_images, resize_layer, save_bundle
+from detcrop.classify.bundle import BUNDLE_NAME, MODEL_NAME, load_bundle, resize_images, resize_layer, save_bundle
 
 
 def _tiny_model(input_size: int = 16, classes: int = 3) -> "keras.Model":

@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("keras")
 
-from pipeline.cli import main
+from detcrop.pipeline.cli import main
 
 
 def _dataset(root, per_class: int = 6):

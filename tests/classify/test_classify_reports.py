@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from classify.reports import evaluate_predictions, format_summary, worst_mistakes, write_reports
+from detcrop.classify.reports import evaluate_predictions, format_summary, worst_mistakes, write_reports
 
 NAMES = ["cat", "dog", "owl"]
 

@@ -10,10 +10,10 @@ from PIL import Image
 
 pytest.importorskip("keras")
 
-from classify.bundle import BUNDLE_NAME, MODEL_NAME, load_bundle
-from classify.training import HISTORY_NAME, make_train_config, train
-from data.config import ConfigError
-from data.images import load_image_array
+from detcrop.classify.bundle import BUNDLE_NAME, MODEL_NAME, load_bundle
+from detcrop.classify.training import HISTORY_NAME, make_train_config, train
+from detcrop.data.config import ConfigError
+from detcrop.data.images import load_image_array
 
 COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 
@@ -134,7 +134,7 @@ def test_train_refuses_a_single_class(tmp_path):
 
 
 def test_killed_fine_tuning_resumes_from_backup(tmp_path, monkeypatch):
-    import classify.training as training
+    import detcrop.classify.training as training
 
     dataset = make_dataset(tmp_path / "data", per_class=6)
     config = quick_config(tmp_path, epochs=1, fine_tune_layers=3, fine_tune_epochs=3)
@@ -175,7 +175,7 @@ def test_fine_tuning_that_does_not_help_keeps_phase_one(tmp_path, caplog):
 
 
 def test_bundle_carries_the_unknown_threshold_of_its_val_predictions(trained):
-    from classify.calibration import choose_unknown_threshold
+    from detcrop.classify.calibration import choose_unknown_threshold
 
     tmp_path, dataset, result = trained
     bundle = load_bundle(tmp_path / "run")
@@ -195,7 +195,7 @@ def test_bundle_carries_the_unknown_threshold_of_its_val_predictions(trained):
 def test_best_head_is_best_accuracy_then_lowest_loss(epochs, chosen):
     import keras
 
-    from classify.training import _BestWeights
+    from detcrop.classify.training import _BestWeights
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     best = _BestWeights()
@@ -215,7 +215,7 @@ def test_an_unreadable_file_is_skipped_not_fatal(tmp_path):
 
 
 def test_evaluate_in_small_batches_matches_one_batch(trained):
-    from classify.evaluation import evaluate
+    from detcrop.classify.evaluation import evaluate
 
     tmp_path, dataset, result = trained
     small = evaluate(tmp_path / "run", dataset, batch_size=5, progress=False, prefix="small_")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.folders import add_images, scan_class_folders, square_image
+from detcrop.data.folders import add_images, scan_class_folders, square_image
 from imagegen import jpeg_bytes, save_image
-from pipeline.cli import main
+from detcrop.pipeline.cli import main
 
 
 def test_images_are_squared_resized_and_deduplicated(tmp_path):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from data.config import ConfigError, build_config, config_to_dict, load_config_file
-from data.validate import ValidationConfig
+from detcrop.data.config import ConfigError, build_config, config_to_dict, load_config_file
+from detcrop.data.validate import ValidationConfig
 
 
 @pytest.mark.parametrize("overrides, expected, error", [

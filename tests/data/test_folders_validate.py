@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from data.folders import scan_class_folders
-from data.validate import ValidationConfig, validate_dataset
+from detcrop.data.folders import scan_class_folders
+from detcrop.data.validate import ValidationConfig, validate_dataset
 from imagegen import jpeg_bytes, make_class_folders, save_image
 
 
@@ -95,7 +95,7 @@ def test_imbalance_warns(tmp_path):
 
 
 def test_watches_brands_is_usable_and_its_split_has_no_duplicate_across_sides(shared_data):
-    from data.splits import split_class_folders
+    from detcrop.data.splits import split_class_folders
 
     root = shared_data / "watches-brands"
     if not root.is_dir():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.images import (
+from detcrop.data.images import (
     DecompressionBombError,
     ImageLimits,
     ImageTooLargeError,

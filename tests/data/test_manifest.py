@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from data.atomic import atomic_open, atomic_write_json
-from data.manifest import CropRecord, ManifestWriter, read_manifest, write_manifest
+from detcrop.data.atomic import atomic_open, atomic_write_json
+from detcrop.data.manifest import CropRecord, ManifestWriter, read_manifest, write_manifest
 
 
 def _crop(index: int) -> CropRecord:
@@ -78,7 +78,7 @@ def test_a_process_killed_mid_append_loses_at_most_the_line_in_flight(tmp_path):
     path = tmp_path / "manifest.jsonl"
     script = textwrap.dedent(f"""
         import os
-        from data.manifest import CropRecord, ManifestWriter
+        from detcrop.data.manifest import CropRecord, ManifestWriter
         writer = ManifestWriter({str(path)!r})
         for index in range(5):
             writer.append(CropRecord(source_path=f"p{{index}}", source_sha256=None, status="empty", reason="none"))
@@ -106,7 +106,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 
 
 def test_atomic_files_get_the_umask_mode_not_private(tmp_path):
-    from data.atomic import current_umask
+    from detcrop.data.atomic import current_umask
 
     path = tmp_path / "shared.json"
     atomic_write_json(path, {"a": 1})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.folders import scan_class_folders
-from data.manifest import CropRecord, write_manifest
-from data.splits import group_ids, grouped_stratified_split, source_hashes_from_manifest, split_class_folders
+from detcrop.data.folders import scan_class_folders
+from detcrop.data.manifest import CropRecord, write_manifest
+from detcrop.data.splits import group_ids, grouped_stratified_split, source_hashes_from_manifest, split_class_folders
 from imagegen import make_class_folders
 
 

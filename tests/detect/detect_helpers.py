@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from detect.detections import Detections
-from detect.labels import coco_labels
+from detcrop.detect.detections import Detections
+from detcrop.detect.labels import coco_labels
 
 #: Colours the fake detector recognises: colour -> (COCO class id, score).
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from data.manifest import MANIFEST_NAME, read_manifest
+from detcrop.data.manifest import MANIFEST_NAME, read_manifest
 from detect_helpers import RED, save_red_box_savedmodel, save_scene
-from pipeline.cli import main
+from detcrop.pipeline.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from detect.geometry import CropTooSmallError, crop_region, cut_region
+from detcrop.detect.geometry import CropTooSmallError, crop_region, cut_region
 
 W, H = 100, 60
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import detect.crop
-from data.config import load_config_file
-from data.manifest import MANIFEST_NAME, read_manifest
-from detect.crop import CropConfig, crop_detections, crop_photos, describe_empty
+from detcrop import detect
+import detcrop.detect.crop
+from detcrop.data.config import load_config_file
+from detcrop.data.manifest import MANIFEST_NAME, read_manifest
+from detcrop.detect.crop import CropConfig, crop_detections, crop_photos, describe_empty
 from detect_helpers import BLUE, GREEN, RED, ColourBoxDetector, save_scene, scene
 
 
@@ -204,7 +205,7 @@ def test_bad_files_are_recorded_and_never_fatal(tmp_path):
 
 
 def test_a_box_without_area_is_rejected_not_fatal():
-    from detect.detections import Detections
+    from detcrop.detect.detections import Detections
 
     image = scene((100, 100), {RED: (10, 10, 40, 40)})
     detections = Detections(np.array([[100, 10, 100, 50], [10, 10, 40, 40]], np.float32),

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from detect.detections import Detections
-from detect.labels import coco_labels, resolve_class_ids
+from detcrop.detect.detections import Detections
+from detcrop.detect.labels import coco_labels, resolve_class_ids
 
 LABELS = {1: "person", 85: "clock"}
 

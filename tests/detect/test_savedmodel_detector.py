@@ -5,8 +5,9 @@ import importlib.metadata
 import numpy as np
 import pytest
 
-import detect.base
-from detect.base import Detector, DetectorNotFoundError, load_detector
+from detcrop import detect
+import detcrop.detect.base
+from detcrop.detect.base import Detector, DetectorNotFoundError, load_detector
 from detect_helpers import RED, save_red_box_savedmodel, scene
 
 

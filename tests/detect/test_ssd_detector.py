@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.images import load_image_array
-from detect.base import load_detector, ssd_graph_path
-from detect.crop import CropConfig, crop_detections
+from detcrop.data.images import load_image_array
+from detcrop.detect.base import load_detector, ssd_graph_path
+from detcrop.detect.crop import CropConfig, crop_detections
 from detect_helpers import clock_scene
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from imagegen import make_class_folders
-from pipeline.cli import main
+from detcrop.pipeline.cli import main
 
 
 def test_usable_dataset_exits_zero(tmp_path, capsys):
@@ -36,7 +36,7 @@ def test_missing_folder_is_a_usage_error(tmp_path, capsys):
 
 
 def test_console_script_help_is_fast_and_lists_commands():
-    completed = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, "-m", "detcrop.pipeline.cli", "--help"], capture_output=True, text=True,
                                timeout=60)
     assert completed.returncode == 0 and "validate" in completed.stdout
     probe = subprocess.run([sys.executable, "-c", "import sys, pipeline.cli as c; c.build_parser();"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.folders import scan_class_folders
-from data.images import file_sha256, load_image_array
-from pipeline.demo_scenes import DEMO_CLASSES, draw_watch, write_demo_photos
+from detcrop.data.folders import scan_class_folders
+from detcrop.data.images import file_sha256, load_image_array
+from detcrop.pipeline.demo_scenes import DEMO_CLASSES, draw_watch, write_demo_photos
 
 pytest.importorskip("skimage")
 

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from classify.bundle import RESIZE_LAYER_NAME, load_bundle, save_bundle
-from classify.export import ExportedModel, export_bundle
-from pipeline.cli import main
+from detcrop.classify.bundle import RESIZE_LAYER_NAME, load_bundle, save_bundle
+from detcrop.classify.export import ExportedModel, export_bundle
+from detcrop.pipeline.cli import main
 
 CLASSES = ("a", "b", "c")
 
@@ -109,7 +109,7 @@ def test_export_never_replaces_the_run_or_unrelated_folders(run_dir, tmp_path, m
 
 
 def test_export_files_are_readable_by_others(run_dir, tmp_path):
-    from data.atomic import current_umask
+    from detcrop.data.atomic import current_umask
 
     out = tmp_path / "export"
     export_bundle(run_dir, out, "tflite")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classify.bundle import RESIZE_LAYER_NAME, save_bundle
-from data.config import config_to_dict
-from detect.crop import CropConfig
-from detect.detections import Detections
-from pipeline.cli import main
-from pipeline.scoring import UNKNOWN, Scorer
+from detcrop.classify.bundle import RESIZE_LAYER_NAME, save_bundle
+from detcrop.data.config import config_to_dict
+from detcrop.detect.crop import CropConfig
+from detcrop.detect.detections import Detections
+from detcrop.pipeline.cli import main
+from detcrop.pipeline.scoring import UNKNOWN, Scorer
 
 CLASSES = ("dark", "light")
 
@@ -80,7 +80,8 @@ def photos(tmp_path):
 
 @pytest.fixture()
 def scorer(run_dir, monkeypatch):
-    import detect.base
+    from detcrop import detect
+    import detcrop.detect.base
 
     monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
     return Scorer.load(run_dir)
@@ -109,7 +110,8 @@ def test_no_object_and_unreadable_photo(scorer, photos):
 
 
 def test_unknown_under_threshold(run_dir, photos, monkeypatch):
-    import detect.base
+    from detcrop import detect
+    import detcrop.detect.base
 
     monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
     strict = Scorer.load(run_dir, unknown_threshold=1.0)
@@ -120,7 +122,8 @@ def test_unknown_under_threshold(run_dir, photos, monkeypatch):
 
 
 def test_predict_cli_json_csv_plot_and_questions(run_dir, photos, tmp_path, monkeypatch, capsys):
-    import detect.base
+    from detcrop import detect
+    import detcrop.detect.base
 
     monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
     out_json, out_csv, plots = tmp_path / "p.json", tmp_path / "p.csv", tmp_path / "plots"
@@ -173,7 +176,8 @@ def test_missing_run_is_a_clear_error(tmp_path, photos, capsys):
 
 
 def test_a_photo_the_models_fail_on_is_an_error_result(run_dir, photos, monkeypatch):
-    import detect.base
+    from detcrop import detect
+    import detcrop.detect.base
 
     class Broken(SquareFinder):
         def detect(self, image):
