@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from detcrop.data.errors import DetcropError
 from detcrop.data.images import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class WeightsUnavailableError(FileNotFoundError):
+class WeightsUnavailableError(DetcropError, FileNotFoundError):
     """Pretrained weights that can neither be downloaded nor found locally."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from detcrop.data.errors import DetcropError
 from detcrop.data.folders import scan_class_folders
 from detcrop.data.images import ImageError, load_image
 from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
@@ -71,7 +72,7 @@ _ALLOWED_PICKLE_GLOBALS = frozenset({
 })
 
 
-class DatasetError(ValueError):
+class DatasetError(DetcropError, ValueError):
     """A dataset file or folder that is missing or not in the expected format."""
 
 

@@ -15,10 +15,12 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from detcrop.data.errors import DetcropError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(DetcropError, ValueError):
     """A config key or value that does not fit the stage's dataclass."""
 
 

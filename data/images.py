@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from detcrop.data.errors import DetcropError
+
 #: Files larger than this many bytes are refused unless the caller raises the limit.
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 #: Images with more pixels than this are refused as decompression bombs (about 8k x 8k).
@@ -24,7 +26,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
 
 
-class ImageError(ValueError):
+class ImageError(DetcropError, ValueError):
     """An image that cannot be used; `path` and `reason` say which and why."""
 
     kind = "unreadable"

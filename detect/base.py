@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from detcrop.data.errors import DetcropError
 from detcrop.data.packages import find_distribution_file
 from detcrop.detect.detections import Detections
 
@@ -36,7 +37,7 @@ FASTER_RCNN_DIR_ENV = "DETCROP_FASTER_RCNN_DIR"
 KNOWN_DETECTORS = ("ssd-mobilenet-v2", "faster-rcnn-resnet50-1024")
 
 
-class DetectorNotFoundError(FileNotFoundError):
+class DetectorNotFoundError(DetcropError, FileNotFoundError):
     """A detector's weights are not where they were looked for; the message says how to get them."""
 
 

@@ -22,10 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
+from detcrop.data.errors import DetcropError
+
 SQUARE_MODES = ("expand", "pad", "none")
 
 
-class CropTooSmallError(ValueError):
+class CropTooSmallError(DetcropError, ValueError):
     """The region inside the image is smaller than `min_size` on its short side."""
 
 

@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Sequence
 
+from detcrop.data.errors import DetcropError
+
 #: Subcommand modules under `pipeline.commands`; each has `register(subparsers)` that sets
 #: `handler(args) -> int` on its parser. Heavy imports (TensorFlow) happen inside handlers.
 COMMAND_MODULES = (
@@ -58,8 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
         return 130
+    except DetcropError as error:
+        # Expected failures say what was expected and what was received: one line, no traceback.
+        print(f"detcrop {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (FileNotFoundError, NotADirectoryError, ValueError) as error:
-        # Library errors say what was expected and what was received; show them plainly.
+        # Library code not yet moved to DetcropError for every expected failure.
         print(f"detcrop {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
