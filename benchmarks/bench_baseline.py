@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from detcrop.classify.baseline_data import DatasetError, fashion_mnist_candidate_dirs, load_fashion_mnist  # noqa: E402
+from detcrop.classify.baseline.data import DatasetError, fashion_mnist_candidate_dirs, load_fashion_mnist  # noqa: E402
 
 INSTALL_COMMAND = ["apt-get", "install", "-y", "dataset-fashion-mnist"]
 
@@ -52,7 +52,8 @@ def ensure_fashion_mnist() -> None:
 
 
 def bench_recipe(data, recipe: str, epochs: int | None, seed: int) -> dict:
-    from detcrop.classify.baseline import BaselineConfig, predict_arrays, train_baseline
+    from detcrop.classify.baseline.recipes import BaselineConfig
+    from detcrop.classify.baseline.training import predict_arrays, train_baseline
     from detcrop.data.config import build_config
 
     overrides = {"recipe": recipe, "seed": seed} | ({"epochs": epochs} if epochs else {})

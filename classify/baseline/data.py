@@ -7,7 +7,7 @@ sorted-or-official class names. Local copies are found without the network:
   ``test_batch``, ``batches.meta``), given directly or found in the Keras cache
   (``~/.keras/datasets/cifar-10-batches-py-target/cifar-10-batches-py`` for Keras 3,
   ``~/.keras/datasets/cifar-10-batches-py`` for older Keras). The pickles are read with a
-  restricted unpickler that rebuilds numpy arrays and nothing else.
+  restricted unpickler of `detcrop.data.readers` that rebuilds numpy arrays and nothing else.
 - Fashion-MNIST: the four IDX files (``train-images-idx3-ubyte`` ... ``t10k-labels-idx1-ubyte``,
   plain or ``.gz``) in Debian's ``/usr/share/datasets/fashion-mnist`` (package
   ``dataset-fashion-mnist``) or the Keras cache ``~/.keras/datasets/fashion-mnist``.
@@ -21,21 +21,19 @@ sorted-or-official class names. Local copies are found without the network:
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from detcrop.data.errors import DetcropError
 from detcrop.data.folders import scan_class_folders
 from detcrop.data.images import ImageError, load_image
+from detcrop.data.readers import DatasetError, read_cifar_batch, read_idx, read_pickle
 from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
 
 logger = logging.getLogger(__name__)
@@ -59,21 +57,6 @@ IDX_FILES = {
 }
 #: Names accepted by `load_dataset` besides a folder path.
 BUILTIN_DATASETS = ("cifar10", "fashion-mnist")
-
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_ALLOWED_PICKLE_GLOBALS = frozenset({
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("_codecs", "encode"),  # Python 3 pickles of numpy bytes use it
-})
-
-
-class DatasetError(DetcropError, ValueError):
-    """A dataset file or folder that is missing or not in the expected format."""
 
 
 @dataclass(frozen=True)
@@ -141,52 +124,6 @@ def _keras_home() -> Path:
 # --------------------------------------------------------------------------- CIFAR-10
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds dicts, lists, bytes and numpy arrays; refuses every other global."""
-
-    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
-        if (module, name) in _ALLOWED_PICKLE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset pickle")
-
-
-def _text_keys(value: dict) -> dict:
-    return {key.decode("utf-8") if isinstance(key, bytes) else key: item for key, item in value.items()}
-
-
-def _read_pickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            value = _ArrayUnpickler(handle, encoding="bytes").load()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: CIFAR batch file not found") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
-        raise DatasetError(f"{path}: expected a CIFAR python-pickle batch, cannot unpickle ({error})") from None
-    if not isinstance(value, dict):
-        raise DatasetError(f"{path}: expected a pickled dict, got {type(value).__name__}")
-    return _text_keys(value)
-
-
-def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR python batch -> (uint8 images (N, 32, 32, 3), int64 labels (N,)).
-
-    The file is a pickled dict with ``data`` (N x 3072 uint8, channel-major: 1024 red, 1024
-    green, 1024 blue values, rows top to bottom) and ``labels`` (N ints).
-    """
-    path = Path(path)
-    batch = _read_pickle(path)
-    if "data" not in batch or "labels" not in batch:
-        raise DatasetError(f"{path}: expected keys 'data' and 'labels', got {sorted(map(str, batch))}")
-    data = np.asarray(batch["data"])
-    labels = np.asarray(batch["labels"], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DatasetError(f"{path}: expected 'data' uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
-    if labels.shape != (len(data),):
-        raise DatasetError(f"{path}: expected {len(data)} labels, got shape {labels.shape}")
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels
-
-
 def cifar10_candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Folders searched for ``cifar-10-batches-py``, in order (only `data_dir` when given)."""
     if data_dir is not None:
@@ -208,7 +145,7 @@ def load_cifar10_batches(folder: str | os.PathLike) -> ArrayDataset:
     x_test, y_test = read_cifar_batch(folder / "test_batch")
     class_names = CIFAR10_CLASS_NAMES
     if (folder / "batches.meta").is_file():
-        meta = _read_pickle(folder / "batches.meta")
+        meta = read_pickle(folder / "batches.meta")
         names = meta.get("label_names")
         if names:
             class_names = tuple(name.decode("utf-8") if isinstance(name, bytes) else str(name) for name in names)
@@ -235,40 +172,6 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, allow_download: bool
 
 
 # --------------------------------------------------------------------------- IDX (Fashion-MNIST)
-
-
-def _open_maybe_gzip(path: Path) -> IO[bytes]:
-    with open(path, "rb") as handle:
-        magic = handle.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """An IDX file (plain or gzip, recognised by content) -> numpy array of its shape and type.
-
-    Header: two zero bytes, a type byte (0x08 = uint8 ...), the number of dimensions, then
-    one big-endian uint32 size per dimension.
-    """
-    path = Path(path)
-    try:
-        with _open_maybe_gzip(path) as handle:
-            payload = handle.read()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: IDX file not found") from None
-    except (OSError, EOFError) as error:
-        raise DatasetError(f"{path}: cannot read IDX file ({error})") from None
-    if len(payload) < 4 or payload[0] != 0 or payload[1] != 0 or payload[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path}: expected an IDX header (0x00 0x00 type ndim), got {payload[:4].hex() or 'empty file'}")
-    dtype = np.dtype(_IDX_DTYPES[payload[2]])
-    ndim = payload[3]
-    header_size = 4 + 4 * ndim
-    shape = tuple(int(size) for size in np.frombuffer(payload, ">u4", count=ndim, offset=4)) if len(payload) >= header_size else None
-    expected = None if shape is None else header_size + int(np.prod(shape)) * dtype.itemsize
-    if shape is None or len(payload) != expected:
-        raise DatasetError(
-            f"{path}: IDX header says shape {shape} ({expected} bytes), file has {len(payload)} bytes"
-        )
-    return np.frombuffer(payload, dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:

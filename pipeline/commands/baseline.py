@@ -13,7 +13,7 @@ DEFAULT_RUNS_DIR = Path("runs")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # Defaults are read from the config dataclass without importing TensorFlow.
-    from detcrop.classify.baseline import RECIPES, BaselineConfig
+    from detcrop.classify.baseline.recipes import RECIPES, BaselineConfig
 
     defaults = BaselineConfig()
     parser = subparsers.add_parser(
@@ -51,7 +51,8 @@ def _default_run_dir(dataset: str, recipe: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detcrop.classify.baseline import BaselineConfig, run_baseline
+    from detcrop.classify.baseline.recipes import BaselineConfig
+    from detcrop.classify.baseline.training import run_baseline
     from detcrop.classify.reports import format_summary
 
     overrides = {

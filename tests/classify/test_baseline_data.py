@@ -11,19 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detcrop.classify.baseline_data import (
+from detcrop.classify.baseline.data import (
     CIFAR10_CLASS_NAMES,
     FASHION_MNIST_CLASS_NAMES,
     ArrayDataset,
-    DatasetError,
     load_class_folders,
     load_cifar10,
     load_dataset,
     load_fashion_mnist,
     load_idx_folder,
-    read_cifar_batch,
-    read_idx,
 )
+from detcrop.data.readers import DatasetError, read_cifar_batch, read_idx
 from imagegen import make_class_folders, save_image
 
 # --------------------------------------------------------------------------- CIFAR-10 format

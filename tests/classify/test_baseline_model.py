@@ -9,21 +9,16 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from detcrop.classify.baseline import (
-    MIN_IMAGE_SIZE,
-    RECIPES,
-    SEED_PARAMS_CIFAR10,
-    BaselineConfig,
+from detcrop.classify.baseline.model import SEED_PARAMS_CIFAR10, build_fast_cnn, build_seed_cnn, build_serving_model
+from detcrop.classify.baseline.recipes import MIN_IMAGE_SIZE, RECIPES, BaselineConfig
+from detcrop.classify.baseline.training import (
     EpochRecord,
-    build_fast_cnn,
-    build_seed_cnn,
-    build_serving_model,
     model_summary,
     predict_arrays,
     run_baseline,
     time_to_accuracy,
 )
-from detcrop.classify.baseline_data import ArrayDataset
+from detcrop.classify.baseline.data import ArrayDataset
 from detcrop.classify.bundle import load_bundle
 from detcrop.data.config import ConfigError, build_config
 

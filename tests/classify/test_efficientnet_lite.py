@@ -17,8 +17,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from detcrop.classify import efficientnet_lite
-from detcrop.classify.efficientnet_lite import (
+from detcrop.classify.backbones import efficientnet_lite
+from detcrop.classify.backbones.efficientnet_lite import (
     build_efficientnet_lite0,
     find_lite0_weights,
     lite0_preprocessing,
