@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from detcrop.data.atomic import atomic_write_bytes
+from detcrop.data.errors import DetcropError
 from detcrop.data.images import IMAGE_EXTENSIONS, ImageError, ImageLimits, bytes_sha256, is_image_path, load_image
 
 #: Files the tools write into a dataset root that are not images and not worth reporting.
@@ -67,6 +68,25 @@ class ClassFolderDataset:
     @property
     def labels(self) -> list[int]:
         return [sample.label_index for sample in self.samples]
+
+
+class ClassNameError(DetcropError, ValueError):
+    """A class name (a dataset's folder name) that could leave the dataset or hide itself."""
+
+
+def check_class_name(name: str) -> str:
+    """`name` if it can be a class folder name: one plain path component, not hidden; else `ClassNameError`.
+
+    The one rule for class names that become folders (`add`'s class, `crop --label`): no
+    '/' or '\\', not '.', '..' or hidden, so a name can never write outside its dataset.
+
+    >>> check_class_name("rolex")
+    'rolex'
+    """
+    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name \
+            or name in (".", ".."):
+        raise ClassNameError(f"class name must be a plain folder name (no '/', not hidden), got {name!r}")
+    return name
 
 
 def _visible(name: str) -> bool:
@@ -167,10 +187,7 @@ def add_images(
 
     >>> add_images("dataset", "rolex", ["a.jpg", "b.png"]).added  # doctest: +SKIP
     """
-    if not class_name or class_name.startswith(".") or "/" in class_name or "\\" in class_name \
-            or class_name in (".", ".."):
-        raise ValueError(f"class name must be a plain folder name (no '/', not hidden), got {class_name!r}")
-    folder = Path(root) / class_name
+    folder = Path(root) / check_class_name(class_name)
     report = AddReport()
     for path in map(Path, paths):
         try:

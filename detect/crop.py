@@ -1,4 +1,4 @@
-"""Cropping detected objects: one image (`crop_detections`) or a folder (`crop_photos`).
+"""Cropping detected objects: one image (`crop_detections`, `crop_photo`) or a folder (`crop_photos`).
 
 `crop_detections` is the single definition of how a crop is made; `crop_photos` uses it to
 build a training dataset and stage three uses it, with the dataset's saved
@@ -11,15 +11,24 @@ Dataset layout written by `crop_photos`:
     DATASET/summary.json       photos seen, cropped, empty, failed
     DATASET/<label>/<source stem>_<source sha256[:10]>_<index>.jpg
 
-Resume: rerunning the same command skips photos whose path and content hash already have
-records. Crop files are written atomically before their record is appended, and the last
-photo of the manifest is always redone (a kill may have cut its records short), so an
-interrupted run plus a rerun gives the same files and records as one uninterrupted run.
+The stage itself is `crop_photo`: one photo (bytes or array) + `CropConfig` + `Detector` ->
+`PhotoOutcome` (encoded crops and their records, or the empty/failed reason), with no file
+I/O. `crop_photos` is the resumable folder driver over it; a Ray Data job or the web page
+are other drivers.
+
+Resume: rerunning skips photos whose (content hash, label) already has records, wherever
+the photo now lies: a moved or renamed input folder redoes nothing and adds no record. A
+byte-identical copy of a photo under the same label is cropped once. Crop files are written
+atomically before their record is appended, and the last photo of the manifest is always
+redone unless summary.json says a finished run left the manifest as it is (a kill may have
+cut the last photo's records short), so an interrupted run plus a rerun gives the same files
+and records as one uninterrupted run.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from collections import deque
@@ -34,13 +43,15 @@ from tqdm import tqdm
 
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
 from detcrop.data.config import config_to_dict, load_config_file
-from detcrop.data.folders import find_images, scan_class_folders
-from detcrop.data.images import ImageError, ImageLimits, bytes_sha256, file_sha256, is_image_path, load_image_array
+from detcrop.data.folders import check_class_name, find_images, scan_class_folders
+from detcrop.data.images import (
+    ImageError, ImageLimits, bytes_sha256, decode_image_array, file_sha256, is_image_path, read_image_bytes,
+)
 from detcrop.data.manifest import (
     MANIFEST_NAME, STATUS_CROPPED, STATUS_EMPTY, STATUS_FAILED, CropRecord, ManifestWriter,
     read_manifest, write_manifest,
 )
-from detcrop.detect.base import DEFAULT_DETECTOR, Detector
+from detcrop.detect.base import DEFAULT_DETECTOR, Detector, check_image
 from detcrop.detect.detections import Detections
 from detcrop.detect.geometry import SQUARE_MODES, CropTooSmallError, crop_region, cut_region
 from detcrop.detect.labels import coco_labels, resolve_class_ids
@@ -197,6 +208,147 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+# ---------------------------------------------------------------- one photo, no files: the stage
+
+
+@dataclass(frozen=True)
+class CropFile:
+    """One encoded crop: `jpeg` is to be written at `path`, relative to the dataset root."""
+
+    path: str  # "<label>/<source stem>_<source sha256[:10]>_<index>.jpg"
+    jpeg: bytes  # the crop, JPEG-encoded at CropConfig.jpeg_quality
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    """What stage one made of one photo: the crop files with their manifest records, or why none.
+
+    `status` is "cropped" (`files` holds one `CropFile` per cropped record, in order),
+    "empty" or "failed" (no files; the one record's `reason` says why). Plain frozen
+    dataclasses of str/bytes/tuples: they pickle, so they cross process boundaries.
+    """
+
+    source_path: str  # the photo's name or path as the caller gave it
+    source_sha256: str | None  # content hash of its bytes (None when they could not be read)
+    label: str  # class folder of its crops
+    status: str  # "cropped", "empty" or "failed" (manifest STATUS_*)
+    records: tuple[CropRecord, ...]  # what the manifest gets, in order
+    files: tuple[CropFile, ...] = ()  # the crops to write (cropped only)
+
+    @property
+    def reason(self) -> str | None:
+        """Why the photo gave no crop (empty or failed), else None."""
+        return None if self.status == STATUS_CROPPED else self.records[0].reason
+
+    @classmethod
+    def failed(cls, source_path: str, source_sha256: str | None, label: str, detector_name: str,
+               reason: str) -> "PhotoOutcome":
+        """A photo that could not be read or processed, with the reason recorded."""
+        return cls(source_path, source_sha256, label, STATUS_FAILED, (CropRecord(
+            source_path, source_sha256, STATUS_FAILED, label=label, detector=detector_name, reason=reason),))
+
+
+def default_label(config: CropConfig) -> str:
+    """The label of photos given without one: the first target's class name ("clock")."""
+    return coco_labels()[config.target_class_ids[0]]
+
+
+def crop_photo(
+    photo: bytes | np.ndarray,
+    config: CropConfig,
+    detector: Detector,
+    *,
+    source: str = "photo",
+    label: str | None = None,
+    source_sha256: str | None = None,
+) -> PhotoOutcome:
+    """Stage one for one photo, with no file I/O: detect, crop, encode; or say why not.
+
+    Arguments:
+        photo: the encoded photo (bytes of a JPEG/PNG/BMP/WEBP/GIF file, decoded under
+            `config.max_bytes`/`config.max_pixels` exactly as a file would be), or an already
+            decoded uint8 RGB array of shape (height, width, 3).
+        config: the `CropConfig` (a frozen dataclass; e.g. a dataset's crop_config.json).
+        detector: any `Detector` (`detect(image) -> Detections`, `name`); load it once per
+            process or actor (`load_detector(config.detector)`), not per photo.
+        source: the photo's path or name; recorded as `source_path`, and its stem names the crops.
+        label: class folder of the crops; default `default_label(config)`. Must pass
+            `data.folders.check_class_name` (one plain folder name).
+        source_sha256: hex SHA-256 of the photo's file bytes; computed from `photo` when
+            omitted (for an array, from its raw pixel bytes).
+
+    Returns a `PhotoOutcome`. Unreadable bytes and detector errors become a "failed" outcome
+    (never an exception: one bad photo must not end a batch); a bad `label` or a non-image
+    `photo` argument raise, being the caller's mistakes. Equal inputs give equal outcomes,
+    byte for byte, so any driver (the resumable folder job `crop_photos`, a Ray Data job,
+    the web page) writes the same dataset.
+
+    >>> outcome = crop_photo(Path("a.jpg").read_bytes(), config, detector, source="a.jpg", label="rolex")  # doctest: +SKIP
+    >>> [file.path for file in outcome.files]  # doctest: +SKIP
+    ['rolex/a_3f2c9e01ab_0.jpg']
+    """
+    label = check_class_name(default_label(config) if label is None else label)
+    source = str(source)
+    if isinstance(photo, (bytes, bytearray, memoryview)):
+        payload = bytes(photo)
+        if source_sha256 is None:
+            source_sha256 = bytes_sha256(payload)
+        try:
+            image = decode_image_array(payload, config.image_limits, source)
+        except ImageError as error:
+            return PhotoOutcome.failed(source, source_sha256, label, detector.name, f"{error.kind}: {error.reason}")
+    elif isinstance(photo, np.ndarray):
+        image = check_image(photo)
+        if source_sha256 is None:
+            source_sha256 = bytes_sha256(np.ascontiguousarray(image).tobytes())
+    else:
+        raise TypeError(f"crop_photo expects encoded image bytes or a uint8 RGB array, got {type(photo).__name__}")
+    return _crop_image(image, config, detector, source, label, source_sha256)
+
+
+def _crop_image(image: np.ndarray, config: CropConfig, detector: Detector, source: str, label: str,
+                source_sha256: str) -> PhotoOutcome:
+    try:
+        detections = detector.detect(image)
+        crops = crop_detections(image, detections, config)
+    except Exception as error:  # one photo the detector chokes on must not end a batch of thousands
+        logger.warning("%s: detection failed: %s", source, error)
+        return PhotoOutcome.failed(source, source_sha256, label, detector.name, f"processing-error: {error}")
+    if not crops:
+        return PhotoOutcome(source, source_sha256, label, STATUS_EMPTY, (CropRecord(
+            source, source_sha256, STATUS_EMPTY, label=label, detector=detector.name,
+            reason=describe_empty(detections, config)),))
+    stem = Path(source).stem or "photo"
+    files, records = [], []
+    for crop in crops:
+        relative = f"{label}/{stem}_{source_sha256[:10]}_{crop.index}.jpg"
+        payload = encode_jpeg(crop.image, config.jpeg_quality)
+        files.append(CropFile(relative, payload))
+        records.append(CropRecord(
+            source, source_sha256, STATUS_CROPPED, label=label, path=relative, sha256=bytes_sha256(payload),
+            detector=detector.name,
+            reason=None if crop.score is not None else f"whole photo: {describe_empty(detections, config)}",
+            **crop.record_fields(),
+        ))
+    return PhotoOutcome(source, source_sha256, label, STATUS_CROPPED, tuple(records), tuple(files))
+
+
+def write_outcome(dataset: str | os.PathLike, outcome: PhotoOutcome, writer: "ManifestWriter") -> None:
+    """Write `outcome`'s crop files under `dataset`, then append its records with `writer`.
+
+    Each file lands (atomically) before its record: a kill in between leaves an orphan
+    that the rerun rewrites byte for byte. Drivers that collect outcomes elsewhere (a Ray
+    job) call this in the one process that owns the dataset.
+    """
+    dataset = Path(dataset)
+    files = iter(outcome.files)
+    for record in outcome.records:
+        if record.status == STATUS_CROPPED:
+            crop_file = next(files)
+            atomic_write_bytes(dataset / crop_file.path, crop_file.jpeg)
+        writer.append(record)
+
+
 # ---------------------------------------------------------------- folders of photos
 
 
@@ -217,8 +369,10 @@ class CropSummary:
     failed: int = 0  # photos that could not be read
     crops: int = 0  # crop files
     skipped_done: int = 0  # photos this run skipped because earlier runs did them
+    duplicates: int = 0  # photos skipped as byte-identical copies of one cropped under the same label
     not_images: int = 0  # files in the input without an image extension (not counted as photos)
     crops_per_label: dict[str, int] = field(default_factory=dict)
+    manifest_records: int = 0  # records in the manifest when this run finished (resume trusts them all)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -251,6 +405,7 @@ def list_photos(input_dir: str | os.PathLike, label: str | None = None,
 @dataclass(frozen=True)
 class _Loaded:
     photo: Photo
+    key: tuple
     sha256: str | None
     image: np.ndarray | None = None
     error: ImageError | None = None
@@ -285,6 +440,18 @@ def _source_key(path: str | os.PathLike) -> str:
     return os.path.normcase(os.path.abspath(path))
 
 
+def _photo_key(source_path: str | os.PathLike, source_sha256: str | None, label: str | None) -> tuple:
+    """What resume matches on: the photo's content and its label, so a moved or renamed input
+    folder redoes nothing. A photo whose bytes could not be read has no hash: its path stands in."""
+    if source_sha256:
+        return ("sha256", source_sha256, label)
+    return ("path", _source_key(source_path), label)
+
+
+def _record_key(record: CropRecord) -> tuple:
+    return _photo_key(record.source_path, record.source_sha256, record.label)
+
+
 def _check_config(dataset: Path, config: CropConfig) -> None:
     """Write DATASET/crop_config.json, or check that an earlier run's matches `config`."""
     path = dataset / CROP_CONFIG_NAME
@@ -304,14 +471,27 @@ def _check_config(dataset: Path, config: CropConfig) -> None:
     atomic_write_json(path, wanted)
 
 
-def _resume_state(dataset: Path) -> set[tuple[str, str | None]]:
-    """(source path, source hash) pairs already done; drops the last photo's records to redo it."""
+def _finished_records(dataset: Path) -> int | None:
+    """How many records the manifest held when the last run finished (from summary.json), if known."""
+    try:
+        value = json.loads((dataset / SUMMARY_NAME).read_text(encoding="utf-8")).get("manifest_records")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _resume_state(dataset: Path) -> set[tuple]:
+    """Keys (`_photo_key`) of the photos already done.
+
+    Unless the manifest is exactly as a finished run left it, the last photo's records are
+    dropped so that it is redone: a kill may have cut them short.
+    """
     manifest = dataset / MANIFEST_NAME
     records = read_manifest(manifest)
-    if records:
-        last_source = records[-1].source_path
+    if records and len(records) != _finished_records(dataset):
+        last_key = _record_key(records[-1])
         keep = len(records)
-        while keep and records[keep - 1].source_path == last_source:
+        while keep and _record_key(records[keep - 1]) == last_key:
             keep -= 1
         # A kill between two crops of one photo leaves its records short; redoing it is cheap.
         write_manifest(manifest, records[:keep])
@@ -319,19 +499,17 @@ def _resume_state(dataset: Path) -> set[tuple[str, str | None]]:
     for leftover in dataset.rglob(".*.part"):
         logger.info("removing %s, left by an interrupted write", leftover)
         leftover.unlink()
-    return {(_source_key(record.source_path), record.source_sha256) for record in records}
+    return {_record_key(record) for record in records}
 
 
-def _warn_stale_records(dataset: Path, photos: list[Photo]) -> list[CropRecord]:
+def _warn_stale_records(dataset: Path, seen: set[tuple]) -> list[CropRecord]:
     """Records of photos that are gone from the input or now carry another label; logged, not deleted.
 
-    The crops stay (deleting a user's files on a guess is worse), but `train` reads the class
-    folders, so a relabelled photo would otherwise train under both labels unnoticed.
+    `seen` holds the keys of this run's input photos. The crops stay (deleting a user's files
+    on a guess is worse), but `train` reads the class folders, so a relabelled photo would
+    otherwise train under both labels unnoticed.
     """
-    current = {_source_key(photo.path): photo.label for photo in photos}
-    stale = [record for record in read_manifest(dataset / MANIFEST_NAME)
-             if current.get(_source_key(record.source_path), record.label) != record.label
-             or _source_key(record.source_path) not in current]
+    stale = [record for record in read_manifest(dataset / MANIFEST_NAME) if _record_key(record) not in seen]
     if stale:
         examples = ", ".join(sorted({record.source_path for record in stale})[:3])
         logger.warning("%s: %d manifest record(s) are of photos no longer in the input or now under another "
@@ -341,9 +519,10 @@ def _warn_stale_records(dataset: Path, photos: list[Photo]) -> list[CropRecord]:
 
 
 def _summarise(dataset: Path, summary: CropSummary) -> CropSummary:
-    statuses: dict[str, set[str]] = {STATUS_CROPPED: set(), STATUS_EMPTY: set(), STATUS_FAILED: set()}
-    for record in read_manifest(dataset / MANIFEST_NAME):
-        statuses[record.status].add(record.source_path)
+    statuses: dict[str, set[tuple]] = {STATUS_CROPPED: set(), STATUS_EMPTY: set(), STATUS_FAILED: set()}
+    records = read_manifest(dataset / MANIFEST_NAME)
+    for record in records:
+        statuses[record.status].add(_record_key(record))
         if record.status == STATUS_CROPPED:
             summary.crops += 1
             summary.crops_per_label[record.label] = summary.crops_per_label.get(record.label, 0) + 1
@@ -351,7 +530,29 @@ def _summarise(dataset: Path, summary: CropSummary) -> CropSummary:
     summary.empty = len(statuses[STATUS_EMPTY])
     summary.failed = len(statuses[STATUS_FAILED])
     summary.crops_per_label = dict(sorted(summary.crops_per_label.items()))
+    summary.manifest_records = len(records)
     return summary
+
+
+def _read_photo(photo: Photo, limits: ImageLimits, done: set[tuple]) -> _Loaded:
+    """Read, hash and decode one photo (run on the prefetch threads); never raises an `ImageError`."""
+    try:
+        payload = read_image_bytes(photo.path, limits)
+    except ImageError as error:
+        try:
+            digest = file_sha256(photo.path)  # streamed: a file over the byte limit is hashed, not held
+        except OSError:
+            digest = None
+        key = _photo_key(photo.path, digest, photo.label)
+        return _Loaded(photo, key, digest, done=key in done, error=error)
+    digest = bytes_sha256(payload)
+    key = _photo_key(photo.path, digest, photo.label)
+    if key in done:
+        return _Loaded(photo, key, digest, done=True)
+    try:
+        return _Loaded(photo, key, digest, image=decode_image_array(payload, limits, photo.path))
+    except ImageError as error:
+        return _Loaded(photo, key, digest, error=error)
 
 
 def crop_photos(
@@ -364,12 +565,16 @@ def crop_photos(
 ) -> CropSummary:
     """Detect and crop every photo under `input_dir` into the class-folder dataset `dataset`.
 
-    `detector` defaults to `load_detector(config.detector)`; pass one to reuse a loaded
-    model. Unreadable photos get a "failed" record and the job goes on; photos where nothing
-    passes get an "empty" record with the reason. Resumable; see the module doc.
+    A driver over `crop_photo`: it lists, reads and decodes the photos (on `config.workers`
+    threads), calls the stage for each and writes its outcome. `detector` defaults to
+    `load_detector(config.detector)`; pass one to reuse a loaded model. Unreadable photos
+    get a "failed" record and the job goes on; photos where nothing passes get an "empty"
+    record with the reason. Resumable; see the module doc.
     """
     input_dir, dataset = Path(input_dir), Path(dataset)
-    photos, not_images = list_photos(input_dir, label, default_label=coco_labels()[config.target_class_ids[0]])
+    if label is not None:
+        check_class_name(label)
+    photos, not_images = list_photos(input_dir, label, default_label=default_label(config))
     if dataset.resolve().is_relative_to(input_dir.resolve()):
         raise ValueError(f"--out {dataset} is inside the input folder {input_dir}; a rerun would crop the crops. "
                          f"Pick an output folder outside it")
@@ -382,58 +587,33 @@ def crop_photos(
 
         detector = load_detector(config.detector)
     done = _resume_state(dataset)
-    _warn_stale_records(dataset, photos)
     summary = CropSummary(dataset=str(dataset), photos_seen=len(photos), not_images=len(not_images))
     limits = config.image_limits
-
-    def read(photo: Photo) -> _Loaded:
-        try:
-            digest = file_sha256(photo.path)
-        except OSError:
-            digest = None
-        if (_source_key(photo.path), digest) in done:
-            return _Loaded(photo, digest, done=True)
-        try:
-            return _Loaded(photo, digest, image=load_image_array(photo.path, limits))
-        except ImageError as error:
-            return _Loaded(photo, digest, error=error)
+    seen: set[tuple] = set()
 
     with ManifestWriter(dataset / MANIFEST_NAME) as writer:
-        bar = tqdm(_prefetched(photos, read, config.workers, config.prefetch), total=len(photos), desc="crop",
-                   unit="photo", disable=not progress)
-        for loaded in bar:
+        loaded_photos = _prefetched(photos, lambda photo: _read_photo(photo, limits, done), config.workers,
+                                    config.prefetch)
+        for loaded in tqdm(loaded_photos, total=len(photos), desc="crop", unit="photo", disable=not progress):
             photo, source = loaded.photo, str(loaded.photo.path)
             if loaded.done:
                 summary.skipped_done += 1
+                seen.add(loaded.key)
                 continue
+            if loaded.key in seen:
+                # A byte-identical copy under the same label: its crops would be the same pixels again.
+                logger.info("%s: skipped, the same photo as one already cropped under %s", source, photo.label)
+                summary.duplicates += 1
+                continue
+            seen.add(loaded.key)
             if loaded.error is not None:
                 logger.warning("%s", loaded.error)
-                writer.append(CropRecord(source, loaded.sha256, STATUS_FAILED, label=photo.label,
-                                         detector=detector.name, reason=f"{loaded.error.kind}: {loaded.error.reason}"))
-                continue
-            try:
-                detections = detector.detect(loaded.image)
-                crops = crop_detections(loaded.image, detections, config)
-            except Exception as error:  # one photo the detector chokes on must not end a batch of thousands
-                logger.warning("%s: detection failed: %s", source, error)
-                writer.append(CropRecord(source, loaded.sha256, STATUS_FAILED, label=photo.label,
-                                         detector=detector.name, reason=f"processing-error: {error}"))
-                continue
-            if not crops:
-                writer.append(CropRecord(source, loaded.sha256, STATUS_EMPTY, label=photo.label,
-                                         detector=detector.name, reason=describe_empty(detections, config)))
-            for crop in crops:
-                relative = f"{photo.label}/{photo.path.stem}_{loaded.sha256[:10]}_{crop.index}.jpg"
-                payload = encode_jpeg(crop.image, config.jpeg_quality)
-                # The file lands before its record: a kill in between leaves an orphan that the
-                # rerun rewrites byte for byte.
-                atomic_write_bytes(dataset / relative, payload)
-                writer.append(CropRecord(
-                    source, loaded.sha256, STATUS_CROPPED, label=photo.label, path=relative,
-                    sha256=bytes_sha256(payload), detector=detector.name,
-                    reason=None if crop.score is not None else f"whole photo: {describe_empty(detections, config)}",
-                    **crop.record_fields(),
-                ))
+                outcome = PhotoOutcome.failed(source, loaded.sha256, photo.label, detector.name,
+                                              f"{loaded.error.kind}: {loaded.error.reason}")
+            else:
+                outcome = _crop_image(loaded.image, config, detector, source, photo.label, loaded.sha256)
+            write_outcome(dataset, outcome, writer)
+    _warn_stale_records(dataset, seen)
     summary = _summarise(dataset, summary)
     atomic_write_json(dataset / SUMMARY_NAME, summary.to_dict())
     return summary

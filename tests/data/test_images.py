@@ -12,6 +12,8 @@ from detcrop.data.images import (
     ImageTooLargeError,
     UnreadableImageError,
     UnsupportedFormatError,
+    decode_image,
+    decode_image_array,
     file_sha256,
     load_image,
     load_image_array,
@@ -143,3 +145,32 @@ def test_content_hash_depends_on_bytes_only(tmp_path):
     second = save_image(tmp_path / "sub dir" / "b.png")
     third = save_image(tmp_path / "c.png", seed=1)
     assert file_sha256(first) == file_sha256(second) != file_sha256(third)
+
+
+def _tiff_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(gradient_rgb()).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("payload, limits, error", [
+    (b"", ImageLimits(), UnreadableImageError),
+    (b"this is not an image at all" * 10, ImageLimits(), UnreadableImageError),
+    (jpeg_bytes()[:200], ImageLimits(), UnreadableImageError),
+    (_tiff_bytes(), ImageLimits(), UnsupportedFormatError),
+    (jpeg_bytes(), ImageLimits(max_bytes=10), ImageTooLargeError),
+    (jpeg_bytes(), ImageLimits(max_pixels=100), DecompressionBombError),
+    (jpeg_bytes(), ImageLimits(), None),
+])
+def test_bytes_decode_with_the_same_limits_and_errors_as_files(tmp_path, payload, limits, error):
+    path = _write(tmp_path / "photo.jpg", payload)
+    if error is None:
+        np.testing.assert_array_equal(decode_image_array(payload, limits, "upload.jpg"), load_image_array(path, limits))
+        return
+    with pytest.raises(error) as from_file:
+        load_image(path, limits)
+    with pytest.raises(error) as from_bytes:
+        decode_image(payload, limits, name="upload.jpg")
+    assert from_bytes.value.path == "upload.jpg" and from_bytes.value.reason == from_file.value.reason
