@@ -21,12 +21,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from detcrop.data.atomic import atomic_write_json
 from detcrop.data.config import ConfigError, build_config, config_to_dict
+from detcrop.data.errors import DetcropError
 from detcrop.data.folders import scan_class_folders
 from detcrop.data.images import ImageError, file_sha256, load_image_array
 from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
@@ -37,6 +38,18 @@ HISTORY_NAME = "history.json"
 CONFIG_NAME = "config.json"
 SPLIT_NAME = "split.json"
 BACKUP_DIR = "backup"
+
+
+class TrainingCancelled(DetcropError):
+    """A callback stopped training (``self.model.stop_training = True``); no bundle was written.
+
+    `phase` is ``"head"`` or ``"fine-tune"``; `epoch` the 0-based epoch of that phase that ran last.
+    """
+
+    def __init__(self, run_dir: Path, phase: str, epoch: int):
+        super().__init__(f"{run_dir}: training cancelled by a callback in the {phase} phase after epoch "
+                         f"{epoch + 1}; no bundle was written")
+        self.run_dir, self.phase, self.epoch = run_dir, phase, epoch
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,7 @@ class TrainResult:
 
     run_dir: Path
     metrics: dict  # evaluate_predictions on the val split
-    history: dict[str, list]  # per epoch: loss, acc, val_loss, val_acc, lr, phase
+    history: dict[str, list]  # per epoch: loss, accuracy, val_loss, val_accuracy, lr, phase
     skipped: list[tuple[str, str]]  # (path, reason) of images that could not be used
     timings: dict[str, float]  # seconds per step: features, head, fine_tune, total
     report_paths: dict[str, Path]
@@ -119,15 +132,15 @@ class _EpochLog:
             def on_epoch_end(self, epoch, logs=None):
                 logs = dict(logs or {})
                 row = {
-                    "loss": logs.get("loss"), "acc": logs.get("acc"),
-                    "val_loss": logs.get("val_loss"), "val_acc": logs.get("val_acc"),
+                    "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
+                    "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
                     "lr": float(keras.ops.convert_to_numpy(optimizer_of().learning_rate)),
                     "phase": log.phase,
                 }
                 for key, value in row.items():
                     log.history.setdefault(key, []).append(value if isinstance(value, str) or value is None else float(value))
-                logger.info("%s epoch %d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2e",
-                            log.phase, epoch + 1, row["loss"], row["acc"], row["val_loss"], row["val_acc"], row["lr"])
+                logger.info("%s epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.2e",
+                            log.phase, epoch + 1, row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"], row["lr"])
                 atomic_write_json(log.path, log.history)
 
         return Recorder()
@@ -176,10 +189,41 @@ def compose_model(input_size: int, preprocessing: list, base, head, augmentation
     return keras.Model(inputs, outputs, name="classifier")
 
 
-class _BestWeights:
-    """Keeps the weights of the epoch with the best val_acc; ties go to the lower val_loss.
+class _CancelWatch:
+    """Tells a cancel by a caller's callback from detcrop's own early stop.
 
-    A plain `ModelCheckpoint(monitor="val_acc")` keeps the first epoch that reaches the top
+    It runs right after the caller's callbacks and before EarlyStopping, so a `stop_training`
+    it sees set was set by the caller.
+    """
+
+    def __init__(self, phase: str):
+        self.phase, self.cancelled_after = phase, None
+
+    def callback(self):
+        import keras
+
+        watch = self
+
+        class Watch(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if self.model.stop_training and watch.cancelled_after is None:
+                    watch.cancelled_after = -1  # mid-epoch; on_epoch_end of this epoch still comes
+
+            def on_epoch_end(self, epoch, logs=None):
+                if self.model.stop_training:
+                    watch.cancelled_after = epoch
+
+        return Watch()
+
+    def raise_if_cancelled(self, run_dir: Path) -> None:
+        if self.cancelled_after is not None:
+            raise TrainingCancelled(run_dir, self.phase, self.cancelled_after)
+
+
+class _BestWeights:
+    """Keeps the weights of the epoch with the best val_accuracy; ties go to the lower val_loss.
+
+    A plain `ModelCheckpoint(monitor="val_accuracy")` keeps the first epoch that reaches the top
     accuracy, which on small or easy data is an early, under-confident head (probabilities
     near 1/classes); the tie-break picks the best-calibrated of the equally accurate epochs.
     """
@@ -197,7 +241,7 @@ class _BestWeights:
         class Keep(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
-                key = (float(logs.get("val_acc", -np.inf)), -float(logs.get("val_loss", np.inf)))
+                key = (float(logs.get("val_accuracy", -np.inf)), -float(logs.get("val_loss", np.inf)))
                 if keeper.weights is None or key > keeper.key:
                     keeper.key, keeper.weights, keeper.epoch = key, self.model.get_weights(), epoch
 
@@ -205,7 +249,7 @@ class _BestWeights:
 
 
 def _fit_head(config: TrainConfig, train_x, train_y, val_x, val_y, classes: int, run_dir: Path,
-              history: dict[str, list]):
+              history: dict[str, list], user_callbacks: Sequence = ()):
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -213,10 +257,13 @@ def _fit_head(config: TrainConfig, train_x, train_y, val_x, val_y, classes: int,
     head.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="acc")],
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
     best = _BestWeights()
+    watch = _CancelWatch("head")
     callbacks = [
+        *user_callbacks,
+        watch.callback(),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
         best.callback(),
@@ -229,6 +276,7 @@ def _fit_head(config: TrainConfig, train_x, train_y, val_x, val_y, classes: int,
         class_weight=_class_weights(train_y, classes) if config.class_weights else None,
         callbacks=callbacks,
     )
+    watch.raise_if_cancelled(run_dir)
     head.set_weights(best.weights)
     return head
 
@@ -254,7 +302,8 @@ def _load_images(paths: list[Path], input_size: int, progress: bool) -> tuple[np
 
 
 def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, train_y, val_paths, val_y,
-               classes: int, run_dir: Path, history: dict[str, list], progress: bool, phase1_val_acc: float):
+               classes: int, run_dir: Path, history: dict[str, list], progress: bool, phase1_val_acc: float,
+               user_callbacks: Sequence = ()):
     import keras
     import tensorflow as tf
 
@@ -280,7 +329,7 @@ def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, trai
     model.compile(
         optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="acc")],
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
     train_data = (
         tf.data.Dataset.from_tensor_slices((train_images, keras.utils.to_categorical(train_y, classes)))
@@ -298,10 +347,13 @@ def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, trai
     phase1 = run_dir / "phase1.weights.h5"
     checkpoint.unlink(missing_ok=True)
     model.save_weights(phase1)
+    watch = _CancelWatch("fine-tune")
     callbacks = [
+        *user_callbacks,
+        watch.callback(),
         keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR)),
         # Fine-tuning must beat phase 1 on val accuracy to replace it.
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_acc", mode="max", save_best_only=True,
+        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_accuracy", mode="max", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=phase1_val_acc),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
         _EpochLog(history, run_dir / HISTORY_NAME, "fine-tune").callback(lambda: model.optimizer),
@@ -309,6 +361,10 @@ def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, trai
     model.fit(train_data, validation_data=val_data, epochs=config.fine_tune_epochs, verbose=0, shuffle=False,
               class_weight=_class_weights(train_y, classes) if config.class_weights else None,
               callbacks=callbacks)
+    if watch.cancelled_after is not None:
+        checkpoint.unlink(missing_ok=True)
+        phase1.unlink(missing_ok=True)
+        watch.raise_if_cancelled(run_dir)
     if checkpoint.exists():
         model.load_weights(checkpoint)
     else:
@@ -321,8 +377,15 @@ def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, trai
 
 
 def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig = TrainConfig(),
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, callbacks: Sequence = ()) -> TrainResult:
     """Train a classifier on `dataset_dir` (ROOT/<class>/<image>) and write a bundle into `run_dir`.
+
+    `callbacks` are `keras.callbacks.Callback` objects that follow the run: both phases call
+    them like any Keras fit (``on_train_begin``, ``on_epoch_end(epoch, logs)`` with ``loss``,
+    ``accuracy``, ``val_loss`` and ``val_accuracy``; `epoch` counts from 0 in each phase). The
+    head phase's ``self.model`` is named ``"head"``, the fine-tune phase's ``"classifier"``.
+    A callback cancels by setting ``self.model.stop_training = True``: the phase stops after
+    the current batch and `train` raises `TrainingCancelled` without writing a bundle.
 
     >>> result = train("crops/", "runs/watches", make_train_config({"epochs": 30}))  # doctest: +SKIP
     >>> result.metrics["macro_f1"]  # doctest: +SKIP
@@ -399,7 +462,7 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     val_x, val_y = features.features["orig"][val_rows], kept_labels[val_rows]
     history: dict[str, list] = {}
     tick = time.perf_counter()
-    head = _fit_head(config, train_x, train_y, val_x, val_y, len(class_names), run_dir, history)
+    head = _fit_head(config, train_x, train_y, val_x, val_y, len(class_names), run_dir, history, callbacks)
     timings["head"] = time.perf_counter() - tick
 
     val_paths = [paths[features.kept[row]] for row in val_rows]
@@ -409,7 +472,7 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
         skipped += _fine_tune(
             config, base, preprocessing, head, train_paths, kept_labels[train_rows], val_paths, val_y,
             len(class_names), run_dir, history, progress,
-            float((np.asarray(head(val_x, training=False)).argmax(1) == val_y).mean()))
+            float((np.asarray(head(val_x, training=False)).argmax(1) == val_y).mean()), callbacks)
         timings["fine_tune"] = time.perf_counter() - tick
         model = compose_model(config.input_size, preprocessing, base, head)
         val_images, val_kept = [], []

@@ -52,7 +52,7 @@ def test_train_writes_bundle_reports_and_history(trained):
                  "curves.png", "mistakes.png", HISTORY_NAME, "config.json", "split.json"):
         assert (run / name).stat().st_size > 0, name
     history = json.loads((run / HISTORY_NAME).read_text())
-    assert {"loss", "acc", "val_loss", "val_acc", "lr"} <= set(history)
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(history)
     assert 1 <= len(history["loss"]) <= 4
     metadata = json.loads((run / BUNDLE_NAME).read_text())
     assert metadata["class_names"] == ["blue", "green", "red"]
@@ -203,7 +203,7 @@ def test_best_head_is_best_accuracy_then_lowest_loss(epochs, chosen):
     callback.set_model(model)
     for epoch, (accuracy, loss) in enumerate(epochs):
         model.set_weights([np.full((2, 1), epoch, np.float32), np.zeros(1, np.float32)])
-        callback.on_epoch_end(epoch, {"val_acc": accuracy, "val_loss": loss})
+        callback.on_epoch_end(epoch, {"val_accuracy": accuracy, "val_loss": loss})
     assert best.epoch == chosen and best.weights[0][0, 0] == chosen
 
 
@@ -223,3 +223,49 @@ def test_evaluate_in_small_batches_matches_one_batch(trained):
     assert small.metrics["samples"] == whole.metrics["samples"] == 24
     assert small.metrics["confusion_matrix"] == whole.metrics["confusion_matrix"]
     assert small.metrics["macro_f1"] == pytest.approx(whole.metrics["macro_f1"])
+
+
+def _follower(cancel_in: str | None = None, cancel_after: int = 0):
+    """A caller's callback: records (phase, epoch, logs) and cancels after `cancel_after` epochs of a phase."""
+    import keras
+
+    class Follow(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            phase = "head" if self.model.name == "head" else "fine-tune"
+            self.seen.append((phase, epoch, dict(logs or {})))
+            if phase == cancel_in and epoch + 1 >= cancel_after:
+                self.model.stop_training = True
+
+    return Follow()
+
+
+def test_callbacks_follow_both_phases(tmp_path):
+    dataset = make_dataset(tmp_path / "data", per_class=6)
+    follower = _follower()
+    result = train(dataset, tmp_path / "run", quick_config(tmp_path, epochs=2, fine_tune_layers=3, fine_tune_epochs=2),
+                   progress=False, callbacks=[follower])
+    assert [(phase, epoch) for phase, epoch, _ in follower.seen] == [
+        ("head", 0), ("head", 1), ("fine-tune", 0), ("fine-tune", 1)]
+    for _, _, logs in follower.seen:
+        assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(logs)
+    assert [logs["val_accuracy"] for _, _, logs in follower.seen] == pytest.approx(result.history["val_accuracy"])
+
+
+@pytest.mark.parametrize("phase", ["head", "fine-tune"])
+def test_a_callback_cancels_training(tmp_path, phase):
+    from detcrop.classify.training import TrainingCancelled
+    from detcrop.data.errors import DetcropError
+
+    dataset = make_dataset(tmp_path / "data", per_class=6)
+    follower = _follower(cancel_in=phase, cancel_after=1)
+    config = quick_config(tmp_path, epochs=3, fine_tune_layers=3, fine_tune_epochs=3)
+    with pytest.raises(TrainingCancelled, match=f"cancelled by a callback in the {phase} phase after epoch 1") as error:
+        train(dataset, tmp_path / "run", config, progress=False, callbacks=[follower])
+    assert isinstance(error.value, DetcropError) and error.value.phase == phase
+    assert [seen[0] for seen in follower.seen].count(phase) == 1  # stopped right after the cancel
+    assert not (tmp_path / "run" / BUNDLE_NAME).exists()
+    assert not list((tmp_path / "run").glob("*.weights.h5"))
