@@ -17,15 +17,15 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, NamedTuple
 
 from PIL import Image
 
 from detcrop.data.atomic import atomic_write_bytes
 from detcrop.data.errors import DetcropError
+from detcrop.data.layout import DATASET_ROOT_FILES
 from detcrop.data.images import IMAGE_EXTENSIONS, ImageError, ImageLimits, bytes_sha256, is_image_path, load_image
 
-#: Files the tools write into a dataset root that are not images and not worth reporting.
-_KNOWN_ROOT_FILES = frozenset({"manifest.jsonl", "crop_config.json", "summary.json", "README.md"})
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,40 @@ class Sample:
     label_index: int
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A file that is not part of the dataset, and why."""
+class Skipped(NamedTuple):
+    """A file a job did not use, and why: the one type every command reports ignored files with.
+
+    A named tuple, so code that unpacks `(path, reason)` pairs keeps working. Commands print
+    them with `format_skipped`.
+    """
 
     path: Path
     reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def not_an_image(path: str | os.PathLike) -> Skipped:
+    """The `Skipped` entry of a file left out because its extension is not an image extension."""
+    path = Path(path)
+    return Skipped(path, f"extension {path.suffix or '(none)'!r} is not an image extension "
+                         f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
+def format_skipped(skipped: Iterable[Skipped], limit: int = 10) -> list[str]:
+    """The lines every command prints about the files it did not use ([] when none).
+
+    >>> format_skipped([Skipped(Path("in/notes.txt"), "not an image")])
+    ['skipped 1 file(s):', '  in/notes.txt: not an image']
+    """
+    skipped = list(skipped)
+    if not skipped:
+        return []
+    lines = [f"skipped {len(skipped)} file(s):"] + [f"  {item}" for item in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -105,19 +133,29 @@ def find_images(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     return images, others
 
 
-def expand_image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Files as given (a missing one stays, for the caller to report), folders expanded by `find_images`."""
+def find_image_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Skipped]]:
+    """(images, skipped): files as given (a missing one stays, for the caller to report), folders
+    expanded by `find_images`, and the non-image files found in those folders."""
     paths: list[Path] = []
+    skipped: list[Skipped] = []
     for item in map(Path, inputs):
-        paths.extend(sorted(find_images(item)[0]) if item.is_dir() else [item])
-    return paths
+        if item.is_dir():
+            images, others = find_images(item)
+            paths.extend(sorted(images))
+            skipped.extend(map(not_an_image, others))
+        else:
+            paths.append(item)
+    return paths, skipped
+
+
+def expand_image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
+    """`find_image_paths` without the skipped files."""
+    return find_image_paths(inputs)[0]
 
 
 def _walk_images(folder: Path, skipped: list[Skipped]) -> list[Path]:
     images, others = find_images(folder)
-    for path in others:
-        skipped.append(Skipped(path, f"extension {path.suffix or '(none)'!r} is not an image extension "
-                                     f"({', '.join(sorted(IMAGE_EXTENSIONS))})"))
+    skipped.extend(map(not_an_image, others))
     return images
 
 
@@ -141,7 +179,7 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolderDataset:
             continue
         if entry.is_dir():
             class_names.append(entry.name)
-        elif entry.name not in _KNOWN_ROOT_FILES:
+        elif entry.name not in DATASET_ROOT_FILES:
             skipped.append(Skipped(entry, "file directly in the dataset root; put images in ROOT/<class>/"))
     for label_index, name in enumerate(class_names):
         for path in _walk_images(root / name, skipped):
@@ -157,7 +195,7 @@ class AddReport:
 
     added: list[Path] = field(default_factory=list)  # files written into the class folder
     duplicates: list[Path] = field(default_factory=list)  # inputs whose image is already in the class
-    failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason)
+    failed: list[Skipped] = field(default_factory=list)  # (input, reason) of images that could not be read
 
 
 def square_image(image: Image.Image, size: int | None = None) -> Image.Image:
@@ -193,7 +231,7 @@ def add_images(
         try:
             image = load_image(path, limits)
         except ImageError as error:
-            report.failed.append((path, error.reason))
+            report.failed.append(Skipped(path, error.reason))
             continue
         if square:
             image = square_image(image, size)

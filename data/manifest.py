@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from detcrop.data import layout
 from detcrop.data.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
-#: File name of the manifest inside a cropped dataset's root.
-MANIFEST_NAME = "manifest.jsonl"
+#: File name of the manifest inside a cropped dataset's root (defined in data.layout).
+MANIFEST_NAME = layout.MANIFEST_NAME
 #: Bumped when a field changes meaning; readers refuse newer versions.
 MANIFEST_VERSION = 1
 

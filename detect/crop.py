@@ -35,35 +35,43 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from detcrop.data import layout
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
 from detcrop.data.config import config_to_dict, load_config_file
-from detcrop.data.folders import check_class_name, find_images, scan_class_folders
+from detcrop.data.errors import DetcropError
+from detcrop.data.folders import Skipped, check_class_name, find_images, not_an_image, scan_class_folders
 from detcrop.data.images import (
-    ImageError, ImageLimits, bytes_sha256, decode_image_array, file_sha256, is_image_path, read_image_bytes,
+    IMAGE_EXTENSIONS, ImageError, ImageLimits, bytes_sha256, decode_image_array, file_sha256, is_image_path, read_image_bytes,
 )
+from detcrop.data.layout import MANIFEST_NAME
+from detcrop.data.locks import folder_lock
 from detcrop.data.manifest import (
-    MANIFEST_NAME, STATUS_CROPPED, STATUS_EMPTY, STATUS_FAILED, CropRecord, ManifestWriter,
+    STATUS_CROPPED, STATUS_EMPTY, STATUS_FAILED, CropRecord, ManifestWriter,
     read_manifest, write_manifest,
 )
-from detcrop.detect.base import DEFAULT_DETECTOR, Detector, check_image
+from detcrop.detect.base import DEFAULT_DETECTOR, Detector, check_image, detector_label_map
 from detcrop.detect.detections import Detections
 from detcrop.detect.geometry import SQUARE_MODES, CropTooSmallError, crop_region, cut_region
 from detcrop.detect.labels import coco_labels, resolve_class_ids
 
 logger = logging.getLogger(__name__)
 
-#: The resolved config written into every cropped dataset.
-CROP_CONFIG_NAME = "crop_config.json"
-SUMMARY_NAME = "summary.json"
+#: The resolved config written into every cropped dataset, and the job's summary (data.layout).
+CROP_CONFIG_NAME = layout.CROP_CONFIG_NAME
+SUMMARY_NAME = layout.CROP_SUMMARY_NAME
 ON_EMPTY_MODES = ("record", "whole-photo")
 #: Fields that change how fast a job runs, not what it writes; they may differ on resume.
 RUNTIME_FIELDS = frozenset({"workers", "prefetch"})
+
+
+class NoPhotosError(DetcropError, ValueError):
+    """An input folder with no image file to crop."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +146,28 @@ class Crop:
         }
 
 
-def _plan(detections: Detections, config: CropConfig) -> tuple[list[tuple[int, tuple[int, int, int, int]]], str]:
+def _normalised(name: str) -> str:
+    return name.strip().lower().replace("_", " ")
+
+
+def target_names(config: CropConfig, label_map: Mapping[int, str] | None = None) -> tuple[str, ...]:
+    """The class names `config.targets` mean in `label_map` (the detector's; COCO by default).
+
+    Names are looked up as given and ids are read through the map, so matching by name works
+    whatever ids the detector gives its classes. Raises `ValueError` naming the nearest class.
+    """
+    label_map = coco_labels() if label_map is None else label_map
+    return tuple(label_map[class_id] for class_id in resolve_class_ids(config.targets, label_map))
+
+
+def _plan(detections: Detections, config: CropConfig, label_map: Mapping[int, str] | None = None) \
+        -> tuple[list[tuple[int, tuple[int, int, int, int]]], str]:
     """(detection index, region) of the boxes to crop, best first, and why there are none."""
-    target_ids = config.target_class_ids
+    wanted = target_names(config, label_map)
     ranked = detections.sorted_by_score()
-    is_target = np.isin(ranked.class_ids, target_ids)
-    names = "/".join(coco_labels().get(class_id, str(class_id)) for class_id in target_ids)
+    wanted_normalised = {_normalised(name) for name in wanted}
+    is_target = np.array([_normalised(name) in wanted_normalised for name in ranked.class_names], dtype=bool)
+    names = "/".join(wanted)
     if not is_target.any():
         return [], f"no {names} detected"
     passing = is_target & (ranked.scores >= config.score_threshold)
@@ -173,15 +197,19 @@ def _plan(detections: Detections, config: CropConfig) -> tuple[list[tuple[int, t
     return plan, reason
 
 
-def crop_detections(image: np.ndarray, detections: Detections, config: CropConfig = CropConfig()) -> list[Crop]:
+def crop_detections(image: np.ndarray, detections: Detections, config: CropConfig = CropConfig(),
+                    label_map: Mapping[int, str] | None = None) -> list[Crop]:
     """The crops `config` makes from `detections` in `image`, best first (empty when none pass).
+
+    Targets are matched by class name; `label_map` is the detector's (`detector_label_map`),
+    COCO's by default.
 
     >>> crops = crop_detections(image, detector.detect(image), load_config_file(CropConfig, "crop_config.json"))  # doctest: +SKIP
     """
     height, width = image.shape[:2]
     if detections.image_size != (width, height):
         raise ValueError(f"detections are for a {detections.image_size} image, got an image of {(width, height)}")
-    plan, _ = _plan(detections, config)
+    plan, _ = _plan(detections, config, label_map)
     crops = []
     for index, (detection, region) in enumerate(plan):
         crops.append(Crop(
@@ -196,9 +224,10 @@ def crop_detections(image: np.ndarray, detections: Detections, config: CropConfi
     return crops
 
 
-def describe_empty(detections: Detections, config: CropConfig = CropConfig()) -> str:
+def describe_empty(detections: Detections, config: CropConfig = CropConfig(),
+                   label_map: Mapping[int, str] | None = None) -> str:
     """Why `crop_detections` finds nothing to crop in `detections` ("" when it does)."""
-    return _plan(detections, config)[1]
+    return _plan(detections, config, label_map)[1]
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -308,16 +337,17 @@ def crop_photo(
 
 def _crop_image(image: np.ndarray, config: CropConfig, detector: Detector, source: str, label: str,
                 source_sha256: str) -> PhotoOutcome:
+    label_map = detector_label_map(detector)
     try:
         detections = detector.detect(image)
-        crops = crop_detections(image, detections, config)
+        crops = crop_detections(image, detections, config, label_map)
     except Exception as error:  # one photo the detector chokes on must not end a batch of thousands
         logger.warning("%s: detection failed: %s", source, error)
         return PhotoOutcome.failed(source, source_sha256, label, detector.name, f"processing-error: {error}")
     if not crops:
         return PhotoOutcome(source, source_sha256, label, STATUS_EMPTY, (CropRecord(
             source, source_sha256, STATUS_EMPTY, label=label, detector=detector.name,
-            reason=describe_empty(detections, config)),))
+            reason=describe_empty(detections, config, label_map)),))
     stem = Path(source).stem or "photo"
     files, records = [], []
     for crop in crops:
@@ -327,7 +357,7 @@ def _crop_image(image: np.ndarray, config: CropConfig, detector: Detector, sourc
         records.append(CropRecord(
             source, source_sha256, STATUS_CROPPED, label=label, path=relative, sha256=bytes_sha256(payload),
             detector=detector.name,
-            reason=None if crop.score is not None else f"whole photo: {describe_empty(detections, config)}",
+            reason=None if crop.score is not None else f"whole photo: {describe_empty(detections, config, label_map)}",
             **crop.record_fields(),
         ))
     return PhotoOutcome(source, source_sha256, label, STATUS_CROPPED, tuple(records), tuple(files))
@@ -373,14 +403,17 @@ class CropSummary:
     not_images: int = 0  # files in the input without an image extension (not counted as photos)
     crops_per_label: dict[str, int] = field(default_factory=dict)
     manifest_records: int = 0  # records in the manifest when this run finished (resume trusts them all)
+    skipped: list[Skipped] = field(default_factory=list)  # files in the input not used, and why
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        values = dict(self.__dict__)
+        values["skipped"] = [{"path": str(item.path), "reason": item.reason} for item in self.skipped]
+        return values
 
 
 def list_photos(input_dir: str | os.PathLike, label: str | None = None,
-                default_label: str = "clock") -> tuple[list[Photo], list[Path]]:
-    """The photos to crop and the non-image files found, in sorted order.
+                default_label: str = "clock") -> tuple[list[Photo], list[Skipped]]:
+    """The photos to crop and the files left out (with the reason), in sorted order.
 
     With `label`, every image under `input_dir` (recursively) gets that label. Without it,
     `input_dir` holding class folders and no images of its own is read as class folders
@@ -397,9 +430,9 @@ def list_photos(input_dir: str | os.PathLike, label: str | None = None,
                          for entry in input_dir.iterdir())
     if label is not None or has_own_images:
         images, not_images = find_images(input_dir)
-        return [Photo(path, label or default_label) for path in images], not_images
+        return [Photo(path, label or default_label) for path in images], [not_an_image(path) for path in not_images]
     dataset = scan_class_folders(input_dir)
-    return [Photo(sample.path, sample.label) for sample in dataset.samples], [item.path for item in dataset.skipped]
+    return [Photo(sample.path, sample.label) for sample in dataset.samples], list(dataset.skipped)
 
 
 @dataclass(frozen=True)
@@ -453,7 +486,7 @@ def _record_key(record: CropRecord) -> tuple:
 
 
 def _check_config(dataset: Path, config: CropConfig) -> None:
-    """Write DATASET/crop_config.json, or check that an earlier run's matches `config`."""
+    """Check that an earlier run's DATASET/crop_config.json, if any, matches `config`."""
     path = dataset / CROP_CONFIG_NAME
     wanted = config_to_dict(config)
     if path.exists():
@@ -468,7 +501,6 @@ def _check_config(dataset: Path, config: CropConfig) -> None:
                 f"{dataset} was cropped with other settings ({'; '.join(differences)}); to resume it use the "
                 f"same options (or --config {path}), or pick a new --out folder"
             )
-    atomic_write_json(path, wanted)
 
 
 def _finished_records(dataset: Path) -> int | None:
@@ -574,20 +606,32 @@ def crop_photos(
     input_dir, dataset = Path(input_dir), Path(dataset)
     if label is not None:
         check_class_name(label)
-    photos, not_images = list_photos(input_dir, label, default_label=default_label(config))
+    photos, skipped = list_photos(input_dir, label, default_label=default_label(config))
     if dataset.resolve().is_relative_to(input_dir.resolve()):
         raise ValueError(f"--out {dataset} is inside the input folder {input_dir}; a rerun would crop the crops. "
                          f"Pick an output folder outside it")
-    for path in not_images:
-        logger.warning("%s: skipped, not an image file", path)
-    dataset.mkdir(parents=True, exist_ok=True)
-    _check_config(dataset, config)
-    if detector is None:
-        from detcrop.detect.base import load_detector
+    if not photos:
+        raise NoPhotosError(
+            f"{input_dir}: no photos to crop (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files, recursively"
+            + (f"; {len(skipped)} other file(s) skipped, e.g. {skipped[0]}" if skipped else "") + ")")
+    for item in skipped:
+        logger.debug("skipped %s", item)
+    with folder_lock(dataset, "crop"):
+        _check_config(dataset, config)
+        if detector is None:
+            from detcrop.detect.base import load_detector
 
-        detector = load_detector(config.detector)
+            detector = load_detector(config.detector)
+        # Only now: a detector that does not load must not leave a config that refuses the right command.
+        atomic_write_json(dataset / CROP_CONFIG_NAME, config_to_dict(config))
+        return _crop_into(dataset, photos, skipped, config, detector, progress)
+
+
+def _crop_into(dataset: Path, photos: list[Photo], skipped: list[Skipped], config: CropConfig, detector: Detector,
+               progress: bool) -> CropSummary:
+    """The resumable loop of `crop_photos`, run while it holds the dataset's lock."""
     done = _resume_state(dataset)
-    summary = CropSummary(dataset=str(dataset), photos_seen=len(photos), not_images=len(not_images))
+    summary = CropSummary(dataset=str(dataset), photos_seen=len(photos), not_images=len(skipped), skipped=skipped)
     limits = config.image_limits
     seen: set[tuple] = set()
 

@@ -7,7 +7,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from detcrop.data.errors import DetcropError
 
@@ -29,6 +29,15 @@ COMMAND_MODULES = (
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job ran and its answer is "no" (e.g. dataset not usable)
 EXIT_USAGE = 2  # bad arguments or input the job cannot start with
+
+
+def print_skipped(skipped: Iterable) -> None:
+    """Report the files a command did not use, the same way in every command (on stderr, so that
+    `--json` output stays clean). `skipped`: `detcrop.data.folders.Skipped` items."""
+    from detcrop.data.folders import format_skipped
+
+    for line in format_skipped(skipped):
+        print(line, file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -139,6 +139,7 @@ class Scorer:
         return self.bundle.class_names
 
     def _objects(self, image: np.ndarray) -> tuple[list[ObjectResult], str | None]:
+        from detcrop.detect.base import detector_label_map
         from detcrop.detect.crop import crop_detections, describe_empty
 
         if self.detector is None:
@@ -147,9 +148,10 @@ class Scorer:
             note = None
         else:
             detections = self.detector.detect(image)
-            crops = crop_detections(image, detections, self.crop_config)
+            label_map = detector_label_map(self.detector)
+            crops = crop_detections(image, detections, self.crop_config, label_map)
             regions = [(crop.box, crop.crop_box, crop.score, crop.image) for crop in crops]
-            note = None if crops else describe_empty(detections, self.crop_config)
+            note = None if crops else describe_empty(detections, self.crop_config, label_map)
         if not regions:
             return [], note
         probabilities = self.bundle.predict([region[3] for region in regions], tta_flip=self.tta_flip)

@@ -22,16 +22,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detcrop.data.folders import add_images, expand_image_paths, scan_class_folders
+    from detcrop.data.folders import add_images, find_image_paths, scan_class_folders
+    from detcrop.pipeline.cli import print_skipped
 
     if args.size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
-    report = add_images(args.dataset, args.class_name, expand_image_paths(args.images),
-                        square=not args.keep_shape, size=args.size)
+    paths, skipped = find_image_paths(args.images)
+    report = add_images(args.dataset, args.class_name, paths, square=not args.keep_shape, size=args.size)
     print(f"{args.class_name}: added {len(report.added)}, already there {len(report.duplicates)}, "
           f"failed {len(report.failed)}")
-    for path, reason in report.failed:
-        print(f"  skipped {path}: {reason}")
+    print_skipped(skipped + report.failed)
     counts = scan_class_folders(args.dataset).counts()
     print("images per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     short = [name for name, count in counts.items() if count < 5]

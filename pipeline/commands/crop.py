@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from detcrop.data.config import build_config, load_config_file
     from detcrop.detect.crop import crop_photos
+    from detcrop.pipeline.cli import print_skipped
 
     base = load_config_file(CropConfig, args.config) if args.config else None
     targets = None
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     }
     config = build_config(CropConfig, {key: value for key, value in overrides.items() if value is not None}, base)
     summary = crop_photos(args.input, args.out, config, label=args.label, progress=not (args.quiet or args.json))
+    print_skipped(summary.skipped)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detcrop.data.folders import expand_image_paths
+    from detcrop.data.folders import find_image_paths
+    from detcrop.pipeline.cli import print_skipped
     from detcrop.pipeline.prediction_outputs import format_table, score_photos
     from detcrop.pipeline.scoring import Scorer
 
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     for name in (args.confidence_of, args.is_class):
         if name is not None and name not in scorer.class_names:
             raise ValueError(f"unknown class {name!r}; this run's classes are: {', '.join(scorer.class_names)}")
-    paths = expand_image_paths(args.photos)
+    paths, skipped = find_image_paths(args.photos)
+    print_skipped(skipped)
     if not paths:
         raise FileNotFoundError(f"no photos found in {', '.join(args.photos)}")
     results = score_photos(scorer, paths, args.plot, args.json_path, args.csv_path, args.run, progress=not args.quiet)

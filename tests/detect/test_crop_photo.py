@@ -132,3 +132,48 @@ def test_a_byte_identical_copy_under_one_label_is_cropped_once(tmp_path):
     shutil.copy(folder / "a.png", folder / "copy.png")
     summary = crop_photos(folder, tmp_path / "out", detector=ColourBoxDetector(), label="clock", progress=False)
     assert (summary.photos_seen, summary.cropped, summary.crops, summary.duplicates) == (2, 1, 1, 1)
+
+
+# ------------------------------------------------------------------ label maps and the registry
+
+
+class OwnNumbering(ColourBoxDetector):
+    """A detector whose label map numbers its classes its own way: 1 is a clock, 85 a dog."""
+
+    name = "own-numbering"
+    label_map = {1: "clock", 85: "dog"}
+
+    def detect(self, image):
+        detections = super().detect(image)
+        from detcrop.detect.detections import Detections
+
+        ids = np.ones(len(detections), np.int64)
+        return Detections(detections.boxes_xyxy, detections.scores, ids, ("clock",) * len(detections),
+                          detections.image_size)
+
+
+@pytest.mark.parametrize("targets", [("clock",), ("1",)])
+def test_targets_are_matched_by_name_through_the_detectors_label_map(targets):
+    payload = png_bytes(scene((64, 64), {RED: (8, 8, 40, 40)}))
+    outcome = crop_photo(payload, CropConfig(targets=targets), OwnNumbering(), source="a.png", label="clock")
+    assert outcome.status == "cropped" and outcome.records[0].class_name == "clock"
+    assert outcome.records[0].class_id == 1
+    # COCO's 85 is this detector's dog: asking for it finds nothing, and says so by its name here.
+    empty = crop_photo(payload, CropConfig(targets=("85",)), OwnNumbering(), source="a.png", label="clock")
+    assert empty.status == "empty" and empty.reason == "no dog detected"
+
+
+def test_registered_detectors_load_by_name_and_crop_uses_them(tmp_path, monkeypatch):
+    from detcrop.detect import base
+
+    monkeypatch.setattr(base, "DETECTORS", dict(base.DETECTORS))
+    monkeypatch.setattr(base, "KNOWN_DETECTORS", base.KNOWN_DETECTORS)
+    entry = base.register_detector("fake-colour", ColourBoxDetector, "colour boxes, for tests")
+    assert base.is_registered_detector("fake-colour") and not base.is_registered_detector("/tmp/model.pb")
+    assert isinstance(base.load_detector("fake-colour"), ColourBoxDetector) and entry.name == "fake-colour"
+    save_scene(tmp_path / "in" / "a.png", (64, 64), {RED: (8, 8, 40, 40)})
+    summary = crop_photos(tmp_path / "in", tmp_path / "out", CropConfig(detector="fake-colour"), progress=False)
+    assert summary.crops == 1
+    assert {"ssd-mobilenet-v2", "faster-rcnn-resnet50-1024"} <= set(base.DETECTORS)
+    with pytest.raises(ValueError, match="must not look like a path"):
+        base.register_detector("models/x.pb", ColourBoxDetector, "a path")
