@@ -15,15 +15,20 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,export]"
+	$(BIN)/python -m pip install -q -e ".[test,export,ui]"
 	touch $(STAMP)
+
+# The `detcrop ui` browser tests drive Debian's Chromium (never a browser Playwright downloads).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/detcrop demo --out demo-out
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -98,22 +98,44 @@ class ClassFolderDataset:
         return [sample.label_index for sample in self.samples]
 
 
+#: Longest class name accepted (it is a folder name and the answer a model gives).
+MAX_CLASS_NAME_LENGTH = 64
+#: Characters refused in class names: path separators and what Windows forbids in file names.
+_FORBIDDEN_NAME_CHARACTERS = frozenset('/\\<>:"|?*')
+
+
 class ClassNameError(DetcropError, ValueError):
-    """A class name (a dataset's folder name) that could leave the dataset or hide itself."""
+    """A class name that cannot be a class folder."""
 
 
 def check_class_name(name: str) -> str:
-    """`name` if it can be a class folder name: one plain path component, not hidden; else `ClassNameError`.
+    """Return `name` when it can be a class folder, else raise `ClassNameError` saying why.
 
-    The one rule for class names that become folders (`add`'s class, `crop --label`): no
-    '/' or '\\', not '.', '..' or hidden, so a name can never write outside its dataset.
+    The one rule for class names that become folders (`add`'s class, `crop --label`, the
+    page's classes); a class name is also the answer the model gives. One plain folder
+    name: not empty, at most 64 characters, no path separator ('/', '\\') or other
+    character Windows refuses in file names, no control character, not hidden (leading
+    "."; so never '.' or '..'), no leading or trailing spaces. A name can never write
+    outside its dataset.
 
     >>> check_class_name("rolex")
     'rolex'
     """
-    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name \
-            or name in (".", ".."):
-        raise ClassNameError(f"class name must be a plain folder name (no '/', not hidden), got {name!r}")
+    if not isinstance(name, str) or not name:
+        raise ClassNameError(f"class name must be a plain folder name, got {name!r}: must not be empty")
+    problems = []
+    if len(name) > MAX_CLASS_NAME_LENGTH:
+        problems.append(f"at most {MAX_CLASS_NAME_LENGTH} characters (got {len(name)})")
+    if name.startswith("."):
+        problems.append("must not start with '.' (hidden folders are ignored, '..' is the parent folder)")
+    if name != name.strip():
+        problems.append("no leading or trailing spaces")
+    bad = sorted({character for character in name
+                  if character in _FORBIDDEN_NAME_CHARACTERS or ord(character) < 32 or ord(character) == 127})
+    if bad:
+        problems.append("no path separators or characters " + " ".join(repr(character) for character in bad))
+    if problems:
+        raise ClassNameError(f"class name must be a plain folder name, got {name!r}: " + "; ".join(problems))
     return name
 
 
@@ -209,6 +231,25 @@ def square_image(image: Image.Image, size: int | None = None) -> Image.Image:
     return square
 
 
+def add_image(root: str | os.PathLike, class_name: str, image: Image.Image, square: bool = True,
+              size: int | None = 224) -> tuple[Path, bool]:
+    """Write one decoded image into `root/<class_name>/` as `add_images` does; (path, was_new).
+
+    The file is `<sha256 of the PNG>[:16].png`, so the same image added twice is kept once.
+    """
+    check_class_name(class_name)
+    if square:
+        image = square_image(image, size)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    payload = buffer.getvalue()
+    target = Path(root) / class_name / f"{bytes_sha256(payload)[:16]}.png"
+    if target.exists():
+        return target, False
+    atomic_write_bytes(target, payload)
+    return target, True
+
+
 def add_images(
     root: str | os.PathLike,
     class_name: str,
@@ -222,10 +263,11 @@ def add_images(
     Each image is decoded with `load_image` (bad files are reported, not copied), cut to
     its centre square and resized to `size` (when `square`), and written atomically as
     PNG named by the content hash of the result, so adding the same image twice is a no-op.
+    The class name must pass `check_class_name`.
 
     >>> add_images("dataset", "rolex", ["a.jpg", "b.png"]).added  # doctest: +SKIP
     """
-    folder = Path(root) / check_class_name(class_name)
+    check_class_name(class_name)
     report = AddReport()
     for path in map(Path, paths):
         try:
@@ -233,15 +275,9 @@ def add_images(
         except ImageError as error:
             report.failed.append(Skipped(path, error.reason))
             continue
-        if square:
-            image = square_image(image, size)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        payload = buffer.getvalue()
-        target = folder / f"{bytes_sha256(payload)[:16]}.png"
-        if target.exists():
+        target, was_new = add_image(root, class_name, image, square, size)
+        if was_new:
+            report.added.append(target)
+        else:
             report.duplicates.append(path)
-            continue
-        atomic_write_bytes(target, payload)
-        report.added.append(target)
     return report

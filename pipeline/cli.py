@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "export",
     "baseline",
     "demo",
+    "ui",
 )
 
 #: Exit codes.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detcrop.data.folders import add_images, scan_class_folders, square_image
+from detcrop.data.folders import ClassNameError, add_images, check_class_name, scan_class_folders, square_image
 from imagegen import jpeg_bytes, save_image
 from detcrop.pipeline.cli import main
 
@@ -30,10 +30,29 @@ def test_centre_square():
     np.testing.assert_array_equal(np.asarray(square), np.asarray(image)[:, 2:6])
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", ".."])
-def test_bad_class_names_are_refused(tmp_path, name):
-    with pytest.raises(ValueError, match="class name"):
-        add_images(tmp_path, name, [])
+@pytest.mark.parametrize("name, reason", [
+    ("rolex", None),
+    ("Grand Seiko café", None),
+    ("a" * 64, None),
+    ("", "empty"),
+    (".hidden", "start with '.'"),
+    ("..", "start with '.'"),
+    ("a/b", "separators"),
+    ("a\\b", "separators"),
+    ("a:b", "separators"),
+    ("tab\there", "separators"),
+    (" padded", "spaces"),
+    ("a" * 65, "at most 64"),
+])
+def test_class_name_rule(tmp_path, name, reason):
+    if reason is None:
+        assert check_class_name(name) == name
+        assert add_images(tmp_path, name, []).added == []
+    else:
+        with pytest.raises(ClassNameError, match=reason):
+            check_class_name(name)
+        with pytest.raises(ValueError, match="class name"):
+            add_images(tmp_path, name, [])
 
 
 def test_add_command_reports_short_classes(tmp_path, capsys):
