@@ -317,14 +317,15 @@ function showTraining(status) {
   drawAccuracyChart($("chart"), status.history, status.state === "training" ? epochs : done);
   const last = status.history[status.history.length - 1];
   const accuracy = last && last.val_acc !== null ? ` - validation accuracy ${(100 * last.val_acc).toFixed(0)}%` : "";
+  const best = Math.max(...status.history.map((row) => row.val_acc ?? 0));
   const messages = {
     idle: "",
     training: `Training: ${status.phase}${done ? `, epoch ${done} of at most ${epochs}` : ""}${accuracy}`,
-    done: `Trained: ${done} epochs${accuracy}. Test it below.`,
+    done: `Trained: ${done} epochs; the model keeps its best epoch (validation accuracy ${(100 * best).toFixed(0)}%). Test it below.`,
     failed: `Training failed: ${status.error}`,
     cancelled: "Training cancelled; the previous model (if any) is kept.",
   };
-  say($("train-message"), messages[status.state] || status.state, status.state === "failed");
+  say($("train-message"), messages[status.state] ?? status.state, status.state === "failed");
   if (project) renderTrainButton();
 }
 
