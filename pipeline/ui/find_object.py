@@ -1,8 +1,9 @@
-"""The optional "find the object first" step: stage one (detect and crop) on each added photo.
+"""The optional "find the object first" step: stage one (`detect.crop.crop_photo`) on each added photo.
 
 The detector is the offline SSD MobileNet V2 COCO graph, loaded on first use and shared by
 the requests (one detection at a time). A photo where nothing is found is kept whole and
-marked, as `detcrop crop --on-empty whole-photo` does.
+marked, as `detcrop crop --on-empty whole-photo` does, so the page's dataset is the one
+`detcrop crop` would write.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detcrop.detect.crop import CropConfig, crop_detections
+from detcrop.data.images import decode_image
+from detcrop.detect.crop import CropConfig, crop_photo
+from detcrop.data.manifest import STATUS_CROPPED
 
 
 def crop_config_for(target: str) -> CropConfig:
@@ -20,9 +23,17 @@ def crop_config_for(target: str) -> CropConfig:
     return CropConfig(targets=(target,), max_crops_per_photo=1, on_empty="whole-photo", square="expand")
 
 
+class ObjectNotCropped(Exception):
+    """The detector failed on a photo; `reason` says how."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class FoundObject:
-    image: np.ndarray  # the crop (or the whole photo)
+    image: object  # PIL image of the crop (or of the whole photo)
     box: tuple[float, float, float, float] | None  # detector box in the photo, pixels xyxy; None: nothing found
     score: float | None
     photo_size: tuple[int, int]  # (width, height) of the photo the box refers to
@@ -35,22 +46,24 @@ class FoundObject:
 
 
 class ObjectFinder:
-    """Detect and crop one photo at a time; `detector` (a `detect.base.Detector`) is loaded lazily."""
+    """Stage one for one photo at a time; `detector` (a `detect.base.Detector`) is loaded lazily."""
 
     def __init__(self, detector=None):
         self._detector = detector
         self._lock = threading.Lock()
 
-    def find(self, image: np.ndarray, target: str) -> FoundObject:
+    def find(self, image: np.ndarray, target: str, label: str, source: str = "photo") -> FoundObject:
         config = crop_config_for(target)
         with self._lock:
             if self._detector is None:
                 from detcrop.detect.base import load_detector
 
                 self._detector = load_detector(config.detector)
-            detections = self._detector.detect(image)
-        crop = crop_detections(image, detections, config)[0]
+            outcome = crop_photo(image, config, self._detector, source=source, label=label)
+        if outcome.status != STATUS_CROPPED:
+            raise ObjectNotCropped(outcome.reason or outcome.status)
+        record, crop = outcome.records[0], outcome.files[0]
         height, width = image.shape[:2]
-        if crop.score is None:
-            return FoundObject(image, None, None, (width, height))
-        return FoundObject(crop.image, tuple(float(value) for value in crop.box), float(crop.score), (width, height))
+        found = record.score is not None
+        return FoundObject(decode_image(crop.jpeg, name=crop.path), tuple(record.box) if found else None,
+                           record.score, (width, height))

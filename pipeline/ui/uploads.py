@@ -1,15 +1,13 @@
 """Uploaded files as images: size-checked while read, decoded to prove they are images (the
-name and the declared type are not trusted), through the same loader as every other image."""
+name and the declared type are not trusted), with the same limits and reasons as files on disk."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import BinaryIO
 
 from PIL import Image
 
-from detcrop.data.images import ImageError, ImageLimits, load_image
+from detcrop.data.images import ImageError, ImageLimits, decode_image
 
 _CHUNK = 1 << 20
 
@@ -22,27 +20,26 @@ class UploadRefused(Exception):
         self.reason = reason
 
 
-def read_image_upload(stream: BinaryIO, max_bytes: int) -> Image.Image:
-    """Decode an uploaded file into an upright RGB image, or raise `UploadRefused`.
+def read_upload(stream: BinaryIO, max_bytes: int) -> bytes:
+    """The bytes of an upload; `UploadRefused` once it passes `max_bytes` (reading stops there)."""
+    chunks, size = [], 0
+    while chunk := stream.read(_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            raise UploadRefused(f"file is over the limit of {max_bytes / 2**20:g} MB")
+        chunks.append(chunk)
+    if not size:
+        raise UploadRefused("empty file")
+    return b"".join(chunks)
 
-    Reading stops one chunk after `max_bytes`, so a huge upload is refused without being
-    held in memory; the bytes are decoded by `data.images.load_image` (JPEG, PNG, BMP,
-    WEBP, GIF; decompression bombs refused).
+
+def read_image_upload(stream: BinaryIO, max_bytes: int, name: str = "upload") -> tuple[Image.Image, bytes]:
+    """(upright RGB image, the file's bytes) of an upload, or `UploadRefused` with the reason.
+
+    Decoded by `data.images.decode_image`: JPEG, PNG, BMP, WEBP, GIF; decompression bombs refused.
     """
-    descriptor, path = tempfile.mkstemp(prefix="detcrop-upload-", suffix=".img")
+    payload = read_upload(stream, max_bytes)
     try:
-        size = 0
-        with os.fdopen(descriptor, "wb") as handle:
-            while chunk := stream.read(_CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise UploadRefused(f"file is over the limit of {max_bytes / 2**20:g} MB")
-                handle.write(chunk)
-        if size == 0:
-            raise UploadRefused("empty file")
-        try:
-            return load_image(path, ImageLimits(max_bytes=max_bytes))
-        except ImageError as error:
-            raise UploadRefused(error.reason) from None
-    finally:
-        os.unlink(path)
+        return decode_image(payload, ImageLimits(max_bytes=max_bytes), name), payload
+    except ImageError as error:
+        raise UploadRefused(error.reason) from None

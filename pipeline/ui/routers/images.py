@@ -6,8 +6,7 @@ from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, File, Request, UploadFile
-from PIL import Image
-
+from detcrop.pipeline.ui.find_object import ObjectNotCropped
 from detcrop.pipeline.ui.project import ProjectError
 from detcrop.pipeline.ui.uploads import UploadRefused, read_image_upload
 
@@ -26,14 +25,19 @@ def add_images(class_name: str, request: Request, files: list[UploadFile] = File
     for upload in files:
         name = upload.filename or "(unnamed)"
         try:
-            image = read_image_upload(upload.file, project.limits.max_upload_bytes)
+            image, _ = read_image_upload(upload.file, project.limits.max_upload_bytes, name)
         except UploadRefused as error:
             refused.append({"file": name, "reason": error.reason})
             continue
         note = None
         if find_object["enabled"]:
-            found = request.app.state.finder.find(np.asarray(image, dtype=np.uint8), find_object["target"])
-            image, note = Image.fromarray(found.image), found.note()
+            try:
+                found = request.app.state.finder.find(np.asarray(image, dtype=np.uint8), find_object["target"],
+                                                      class_name, name)
+            except ObjectNotCropped as error:
+                refused.append({"file": name, "reason": f"the detector failed: {error.reason}"})
+                continue
+            image, note = found.image, found.note()
         try:
             image_id, was_new = project.add_image(class_name, image, note)
         except ProjectError as error:
