@@ -26,10 +26,13 @@ import numpy as np
 
 from detcrop.data.atomic import atomic_write_json, current_umask
 from detcrop.data.config import read_json_object
+from detcrop.data.errors import DetcropError
 
 #: File names inside a run folder.
 MODEL_NAME = "model.keras"
 BUNDLE_NAME = "bundle.json"
+#: Present while `train` writes into the run folder: the run is not to be used (see `mark_incomplete`).
+INCOMPLETE_NAME = "INCOMPLETE"
 #: Bumped when a bundle.json field changes meaning; readers refuse newer versions.
 BUNDLE_VERSION = 1
 #: Keys `save_bundle` requires in the metadata.
@@ -149,12 +152,36 @@ def save_bundle(run_dir: str | os.PathLike, model, metadata: dict) -> Path:
     return run_dir
 
 
+class IncompleteRunError(DetcropError):
+    """A run folder that training is writing, or that a killed or cancelled training left behind."""
+
+
+def mark_incomplete(run_dir: str | os.PathLike) -> None:
+    """Mark `run_dir` as being written; done before anything else of a new training lands there.
+
+    Retraining into an existing run replaces config.json, history and reports long before the
+    new bundle; while the marker is there, `read_bundle_metadata` refuses the folder, so an old
+    bundle is never served under a new config.
+    """
+    atomic_write_json(Path(run_dir) / INCOMPLETE_NAME, {
+        "reason": "detcrop train is writing this run, or was killed or cancelled before it finished"})
+
+
+def mark_complete(run_dir: str | os.PathLike) -> None:
+    """Remove the marker; called once the new bundle is atomically in place."""
+    (Path(run_dir) / INCOMPLETE_NAME).unlink(missing_ok=True)
+
+
 def read_bundle_metadata(run_dir: str | os.PathLike) -> dict:
     """The parsed ``bundle.json`` of `run_dir` (no TensorFlow needed)."""
     run_dir = Path(run_dir)
     path = run_dir / BUNDLE_NAME
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run folder not found (expected a folder with {MODEL_NAME} and {BUNDLE_NAME})")
+    if (run_dir / INCOMPLETE_NAME).exists():
+        raise IncompleteRunError(
+            f"{run_dir}: incomplete run ({INCOMPLETE_NAME} is present): training into it is running, or was "
+            "killed or cancelled before the new bundle was written; rerun `detcrop train` into it to finish it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: bundle metadata not found; is {run_dir} a finished `detcrop train` run?")
     metadata = read_json_object(path, "bundle metadata")

@@ -1,31 +1,42 @@
 """Transfer learning on a class-folder dataset, top to bottom (keras-io guides/transfer_learning.py).
 
-1. Scan the folders, hash every file and split train/val (grouped by content and by source
-   photo when the dataset has a crop manifest, stratified by class).
-2. Phase 1: features of the frozen base are computed once per image (and its mirror) and
-   cached; the head (dropout + dense softmax on the pooled features) trains on them with
+`train` is its steps in order, each a named function over ONE index space (`Examples`: row i
+of every array is image i):
+
+1. `split_examples`: scan the folders, hash every file and split train/val (grouped by
+   content and by source photo when the dataset has a crop manifest, stratified by class).
+2. `compute_features`: features of the frozen base are computed once per image (and its
+   mirror) and cached; images without features leave the index space here, and only here.
+3. `fit_head`: the head (dropout + dense softmax on the pooled features) trains on them with
    early stopping, LR reduction on plateau, the best epoch by val accuracy and class weights.
-3. Phase 2 (optional, ``fine_tune_layers > 0``): the top layers of the base are unfrozen
+4. `fine_tune` (optional, ``fine_tune_layers > 0``): the top layers of the base are unfrozen
    (BatchNorm stays frozen and in inference mode), images pass through augmentation layers,
-   and the whole model trains at a low learning rate; a killed run resumes from
-   ``RUN/backup`` (keras BackupAndRestore).
-4. The base and the head are composed into one model (pixels 0..255 of any size in,
-   probabilities out), evaluated on the val split, and saved as a bundle with its reports.
+   and the whole model trains at a low learning rate. Its state is saved after every epoch in
+   ``RUN/backup``, so a killed run, rerun, continues exactly where it stopped.
+5. `predict_val`, `write_run_reports`: the composed model (pixels 0..255 of any size in,
+   probabilities out) on the val split; metrics, plots, mistakes.
+6. `save_run_bundle`: model.keras + bundle.json. Until it is in place, ``RUN/INCOMPLETE``
+   marks the run, and predict, evaluate and export refuse it.
+
+Randomness comes from `TrainConfig.seed` through local generators and seeded layers; nothing
+here seeds Python's, NumPy's or TensorFlow's global generators.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from detcrop.data.atomic import atomic_write_json
+from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
 from detcrop.data.config import ConfigError, build_config, config_to_dict
 from detcrop.data.errors import DetcropError
 from detcrop.data.folders import scan_class_folders
@@ -38,12 +49,19 @@ HISTORY_NAME = "history.json"
 CONFIG_NAME = "config.json"
 SPLIT_NAME = "split.json"
 BACKUP_DIR = "backup"
+#: Inside BACKUP_DIR: the commit point of the fine-tuning state (names the arrays files).
+BACKUP_STATE_NAME = "state.json"
+
+
+class TrainingError(DetcropError, ValueError):
+    """A dataset that training cannot start with (too few classes, no validation images)."""
 
 
 class TrainingCancelled(DetcropError):
     """A callback stopped training (``self.model.stop_training = True``); no bundle was written.
 
-    `phase` is ``"head"`` or ``"fine-tune"``; `epoch` the 0-based epoch of that phase that ran last.
+    `phase` is ``"head"`` or ``"fine-tune"``; `epoch` the 0-based epoch of that phase that ran
+    last. The run folder stays marked incomplete (see `save_run_bundle`).
     """
 
     def __init__(self, run_dir: Path, phase: str, epoch: int):
@@ -117,6 +135,150 @@ def make_train_config(overrides: dict | None = None) -> TrainConfig:
     return build_config(TrainConfig, overrides or {})
 
 
+# --------------------------------------------------------------------------- one index space
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The usable images of a dataset: row i of `paths`, `labels` and `sha256s` is image i.
+
+    `train` and `val` are row indices. Every later step (features, head, fine-tuning, reports)
+    indexes these rows; `keep` is the one way rows leave.
+    """
+
+    paths: tuple[Path, ...]
+    labels: np.ndarray  # int64 class index per row
+    sha256s: tuple[str, ...]
+    train: np.ndarray  # int64 rows of the train side
+    val: np.ndarray  # int64 rows of the val side
+
+    def keep(self, rows: Sequence[int]) -> "Examples":
+        """Only `rows` (ascending), renumbered 0..len(rows)-1; the split follows them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        new_row = np.full(len(self.paths), -1, dtype=np.int64)
+        new_row[rows] = np.arange(len(rows))
+        return Examples(
+            paths=tuple(self.paths[row] for row in rows), labels=self.labels[rows],
+            sha256s=tuple(self.sha256s[row] for row in rows),
+            train=new_row[self.train][new_row[self.train] >= 0], val=new_row[self.val][new_row[self.val] >= 0],
+        )
+
+    def identity(self) -> str:
+        """A digest of the rows, their content and the split (a fine-tuning backup must match it)."""
+        payload = json.dumps([[str(path) for path in self.paths], list(self.sha256s), self.labels.tolist(),
+                              self.train.tolist(), self.val.tolist()])
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def split_examples(dataset_dir: Path, config: TrainConfig) -> tuple[Examples, list[str], list[tuple[str, str]]]:
+    """Step 1: (examples with their train/val split, class names, skipped (path, reason))."""
+    dataset = scan_class_folders(dataset_dir)
+    class_names = list(dataset.class_names)
+    if len(class_names) < 2:
+        raise TrainingError(f"{dataset_dir}: expected at least 2 class folders, found {len(class_names)}")
+    skipped: list[tuple[str, str]] = [(str(item.path), item.reason) for item in dataset.skipped]
+    sha256_by_path: dict[str, str] = {}
+    for sample in dataset.samples:
+        try:
+            sha256_by_path[str(sample.path)] = file_sha256(sample.path)
+        except OSError as error:
+            skipped.append((str(sample.path), f"cannot read file ({error})"))
+    if not sha256_by_path:
+        raise TrainingError(f"{dataset_dir}: no readable image files in its class folders")
+    # The split sees every sample (an unreadable one is a group of its own), so one unreadable
+    # file never moves the others to another side; the unreadable ones are dropped after.
+    split = split_class_folders(dataset, config.val_ratio, seed=config.seed, sha256_by_path=sha256_by_path,
+                                source_by_path=source_hashes_from_manifest(dataset_dir))
+    everything = Examples(
+        paths=tuple(sample.path for sample in dataset.samples),
+        labels=np.asarray([sample.label_index for sample in dataset.samples], dtype=np.int64),
+        sha256s=tuple(sha256_by_path.get(str(sample.path), "") for sample in dataset.samples),
+        train=np.asarray(split.train, dtype=np.int64), val=np.asarray(split.val, dtype=np.int64),
+    )
+    examples = everything.keep([row for row, digest in enumerate(everything.sha256s) if digest])
+    if not len(examples.val):
+        raise TrainingError(f"{dataset_dir}: val_ratio={config.val_ratio} left no validation images; "
+                            "add images or raise val_ratio")
+    logger.info("%d classes, %d train and %d val images", len(class_names), len(examples.train), len(examples.val))
+    return examples, class_names, skipped
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dataclass
+class FeatureExtractor:
+    """The frozen base and what `compute_features` needs around it."""
+
+    model: Any  # keras.Model: (S, S, 3) pixels 0..255 -> pooled features
+    base: Any  # the backbone, shared with the composed model
+    preprocessing: list  # keras layers from 0..255 to the base's input range
+    weights_source: str  # exactly which weights (goes into the bundle and the cache key)
+    cache: Any  # features.FeatureCache
+
+
+def build_extractor(config: TrainConfig) -> FeatureExtractor:
+    """The backbone of `config` behind a pooled-feature model, with its feature cache."""
+    from detcrop.classify.features import FeatureCache, build_feature_model, default_cache_dir
+
+    model, source, base, preprocessing = build_feature_model(
+        config.backbone, config.input_size, config.weights or None, config.seed)
+    cache = FeatureCache(config.cache_dir or default_cache_dir(), config.backbone, config.input_size, source)
+    return FeatureExtractor(model, base, preprocessing, source, cache)
+
+
+def compute_features(examples: Examples, extractor: FeatureExtractor, config: TrainConfig, progress: bool,
+                     ) -> tuple[Examples, dict[str, np.ndarray], list[tuple[str, str]], dict]:
+    """Step 2: (examples that have features, variant -> features row-aligned with them, skipped, cache counts)."""
+    from detcrop.classify.features import extract_features
+
+    variants = ("orig", "flip") if (config.flip_features or config.tta_flip) else ("orig",)
+    result = extract_features(examples.paths, examples.sha256s, extractor.model, extractor.cache, config.input_size,
+                              variants, config.feature_batch_size, progress)
+    examples = examples.keep(result.kept)  # result.features rows follow result.kept
+    if not len(examples.train) or not len(examples.val):
+        raise TrainingError("no loadable images left on the train or val side")
+    counts = {"folder": str(extractor.cache.folder), "computed": result.computed, "cached": result.cached}
+    return examples, result.features, result.skipped, counts
+
+
+# --------------------------------------------------------------------------- head
+
+
+def _class_weights(labels: np.ndarray, classes: int) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (classes * np.maximum(counts, 1)), 0.0)
+    return {index: float(weight) for index, weight in enumerate(weights)}
+
+
+def _epoch_batches(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: int, epochs: int,
+                   initial_epoch: int = 0, transform: Callable | None = None):
+    """A tf.data stream of `epochs - initial_epoch` epochs; epoch e is shuffled by ``rng([seed, e])``.
+
+    Each epoch's order depends on its number only, so epoch 3 of a resumed run sees exactly
+    the batches it would have seen without the interruption (fit with ``steps_per_epoch``
+    keeps reading one stream across epochs).
+    """
+    import tensorflow as tf
+
+    orders = np.stack([np.random.default_rng([seed, epoch]).permutation(len(targets))
+                       for epoch in range(initial_epoch, max(epochs, initial_epoch + 1))])
+    inputs_t, targets_t = tf.constant(inputs), tf.constant(targets)
+    stream = (tf.data.Dataset.from_tensor_slices(orders)
+              .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+              .map(lambda rows: (tf.gather(inputs_t, rows), tf.gather(targets_t, rows))))
+    if transform is not None:
+        stream = stream.map(transform)
+    return stream.prefetch(2), -(-len(targets) // batch_size)
+
+
+def _in_order_batches(inputs: np.ndarray, targets: np.ndarray, batch_size: int, transform: Callable | None = None):
+    import tensorflow as tf
+
+    stream = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(batch_size)
+    return stream.map(transform) if transform is not None else stream
+
+
 class _EpochLog:
     """Collects history rows and logs one line per epoch (the CLI shows them as progress)."""
 
@@ -140,53 +302,11 @@ class _EpochLog:
                 for key, value in row.items():
                     log.history.setdefault(key, []).append(value if isinstance(value, str) or value is None else float(value))
                 logger.info("%s epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.2e",
-                            log.phase, epoch + 1, row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"], row["lr"])
+                            log.phase, epoch + 1, row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"],
+                            row["lr"])
                 atomic_write_json(log.path, log.history)
 
         return Recorder()
-
-
-def _class_weights(labels: np.ndarray, classes: int) -> dict[int, float]:
-    counts = np.bincount(labels, minlength=classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (classes * np.maximum(counts, 1)), 0.0)
-    return {index: float(weight) for index, weight in enumerate(weights)}
-
-
-def build_head(feature_channels: int, classes: int, dropout: float, seed: int, hidden_units: int = 0):
-    """The head on pooled features: dropout + [dense ReLU + dropout] + dense softmax.
-
-    Global average pooling happens before the feature cache, so the head starts from vectors.
-    On watches-brands a hidden layer of 512 beat the linear head by about 0.04 macro F1.
-    """
-    import keras
-
-    inputs = keras.Input((feature_channels,), name="features")
-    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(inputs)
-    if hidden_units:
-        x = keras.layers.Dense(hidden_units, activation="relu", name="head_hidden",
-                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
-        x = keras.layers.Dropout(dropout, seed=seed + 1, name="head_hidden_dropout")(x)
-    outputs = keras.layers.Dense(classes, activation="softmax", name="head_dense",
-                                 kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
-    return keras.Model(inputs, outputs, name="head")
-
-
-def compose_model(input_size: int, preprocessing: list, base, head, augmentation: list | None = None):
-    """One model: pixels 0..255 (any size) -> resize -> [augmentation] -> preprocessing -> base -> GAP -> head."""
-    import keras
-
-    from detcrop.classify.bundle import resize_layer
-
-    inputs = keras.Input((None, None, 3), name="pixels")
-    x = resize_layer(input_size)(inputs)
-    for layer in augmentation or []:
-        x = layer(x)
-    for layer in preprocessing:
-        x = layer(x)
-    x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = head(x)
-    return keras.Model(inputs, outputs, name="classifier")
 
 
 class _CancelWatch:
@@ -215,8 +335,12 @@ class _CancelWatch:
 
         return Watch()
 
+    @property
+    def cancelled(self) -> bool:
+        return self.cancelled_after is not None
+
     def raise_if_cancelled(self, run_dir: Path) -> None:
-        if self.cancelled_after is not None:
+        if self.cancelled:
             raise TrainingCancelled(run_dir, self.phase, self.cancelled_after)
 
 
@@ -248,69 +372,221 @@ class _BestWeights:
         return Keep()
 
 
-def _fit_head(config: TrainConfig, train_x, train_y, val_x, val_y, classes: int, run_dir: Path,
-              history: dict[str, list], user_callbacks: Sequence = ()):
+def build_head(feature_channels: int, classes: int, dropout: float, seed: int, hidden_units: int = 0):
+    """The head on pooled features: dropout + [dense ReLU + dropout] + dense softmax.
+
+    Global average pooling happens before the feature cache, so the head starts from vectors.
+    On watches-brands a hidden layer of 512 beat the linear head by about 0.04 macro F1.
+    """
     import keras
 
-    keras.utils.set_random_seed(config.seed)
-    head = build_head(train_x.shape[1], classes, config.dropout, config.seed, config.hidden_units)
-    head.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+    inputs = keras.Input((feature_channels,), name="features")
+    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(inputs)
+    if hidden_units:
+        x = keras.layers.Dense(hidden_units, activation="relu", name="head_hidden",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
+        x = keras.layers.Dropout(dropout, seed=seed + 1, name="head_hidden_dropout")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="head_dense",
+                                 kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def _compile(model, learning_rate: float, label_smoothing: float) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
-    best = _BestWeights()
-    watch = _CancelWatch("head")
-    callbacks = [
-        *user_callbacks,
-        watch.callback(),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
-        best.callback(),
-        _EpochLog(history, run_dir / HISTORY_NAME, "head").callback(lambda: head.optimizer),
-    ]
+
+
+def fit_head(config: TrainConfig, examples: Examples, features: dict[str, np.ndarray], classes: int,
+             run_dir: Path, history: dict[str, list], callbacks: Sequence = ()):
+    """Step 3: train the head on cached features (mirrored ones too with `flip_features`); returns it."""
+    import keras
+
+    train_x, train_y = features["orig"][examples.train], examples.labels[examples.train]
+    if config.flip_features:
+        train_x = np.concatenate([train_x, features["flip"][examples.train]])
+        train_y = np.concatenate([train_y, train_y])
+    val_x, val_y = features["orig"][examples.val], examples.labels[examples.val]
+    head = build_head(train_x.shape[1], classes, config.dropout, config.seed, config.hidden_units)
+    _compile(head, config.learning_rate, config.label_smoothing)
+    best, watch = _BestWeights(), _CancelWatch("head")
+    train_data, steps = _epoch_batches(train_x, keras.utils.to_categorical(train_y, classes).astype(np.float32),
+                                       config.batch_size, config.seed, config.epochs)
     head.fit(
-        train_x, keras.utils.to_categorical(train_y, classes),
-        validation_data=(val_x, keras.utils.to_categorical(val_y, classes)),
-        epochs=config.epochs, batch_size=config.batch_size, shuffle=True, verbose=0,
+        train_data, steps_per_epoch=steps, epochs=config.epochs, verbose=0, shuffle=False,  # _epoch_batches shuffles
+        validation_data=(val_x, keras.utils.to_categorical(val_y, classes)), validation_batch_size=config.batch_size,
         class_weight=_class_weights(train_y, classes) if config.class_weights else None,
-        callbacks=callbacks,
+        callbacks=[
+            *callbacks,
+            watch.callback(),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
+            best.callback(),
+            _EpochLog(history, run_dir / HISTORY_NAME, "head").callback(lambda: head.optimizer),
+        ],
     )
     watch.raise_if_cancelled(run_dir)
     head.set_weights(best.weights)
     return head
 
 
-def _load_images(paths: list[Path], input_size: int, progress: bool) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """uint8 (N, S, S, 3) of the images that load, their indices, and the skipped ones."""
+def compose_model(input_size: int, preprocessing: list, base, head, augmentation: list | None = None):
+    """One model: pixels 0..255 (any size) -> resize -> [augmentation] -> preprocessing -> base -> GAP -> head."""
+    import keras
+
+    from detcrop.classify.bundle import resize_layer
+
+    inputs = keras.Input((None, None, 3), name="pixels")
+    x = resize_layer(input_size)(inputs)
+    for layer in augmentation or []:
+        x = layer(x)
+    for layer in preprocessing:
+        x = layer(x)
+    x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = head(x)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def load_images(paths: Sequence[Path], progress: bool = False) -> tuple[list[np.ndarray], list[int], list[tuple[str, str]]]:
+    """(uint8 HxWx3 images that load, their positions in `paths`, skipped (path, reason))."""
     from tqdm import tqdm
 
-    from detcrop.classify.bundle import resize_images, resize_layer
-
-    layer = resize_layer(input_size)
-    images = np.zeros((len(paths), input_size, input_size, 3), dtype=np.uint8)
-    kept, skipped = [], []
-    for index, path in enumerate(tqdm(paths, desc="images", unit="img", disable=not progress)):
+    images, kept, skipped = [], [], []
+    for position, path in enumerate(tqdm(paths, desc="images", unit="img", disable=not progress)):
         try:
-            image = load_image_array(path)
+            images.append(load_image_array(path))
         except ImageError as error:
             skipped.append((str(path), error.reason))
             continue
-        images[len(kept)] = np.clip(np.round(resize_images([image], input_size, layer)[0]), 0, 255)
-        kept.append(index)
-    return images[:len(kept)], kept, skipped
+        kept.append(position)
+    return images, kept, skipped
 
 
-def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, train_y, val_paths, val_y,
-               classes: int, run_dir: Path, history: dict[str, list], progress: bool, phase1_val_acc: float,
-               user_callbacks: Sequence = ()):
+def _resized_uint8(images: Sequence[np.ndarray], input_size: int) -> np.ndarray:
+    """Images at the input size, rounded to uint8 to keep the fine-tuning arrays small."""
+    from detcrop.classify.bundle import resize_images, resize_layer
+
+    layer = resize_layer(input_size)
+    batch = np.zeros((len(images), input_size, input_size, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        batch[index] = np.clip(np.round(resize_images([image], input_size, layer)[0]), 0, 255)
+    return batch
+
+
+class _FineTuneBackup:
+    """Everything a killed fine-tuning needs to go on as if it had never stopped.
+
+    After every epoch: the model's variables (weights, BatchNorm statistics, the augmentation
+    layers' seed states) and the optimizer's (step, learning rate, moments) go to
+    ``epoch-N.npz``, the best weights so far to ``best-N.npz``, and ``state.json`` (written
+    last: the commit point) names them and holds the history rows, the best val accuracy and
+    the LR schedule's counters. A backup of another config or another split is discarded.
+    """
+
+    def __init__(self, folder: Path, identity: dict):
+        self.folder, self.identity = folder, identity
+
+    def load(self) -> dict | None:
+        path = self.folder / BACKUP_STATE_NAME
+        if not path.is_file():
+            return None
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            logger.warning("%s: unreadable fine-tuning backup (%s); starting phase 2 afresh", path, error)
+            return None
+        if state.get("identity") != self.identity:
+            logger.warning("%s: fine-tuning backup of other settings or another split; starting phase 2 afresh",
+                           self.folder)
+            return None
+        return state
+
+    @staticmethod
+    def _arrays(path: Path) -> list[np.ndarray]:
+        with np.load(path, allow_pickle=False) as stored:
+            return [stored[f"v{index}"] for index in range(len(stored.files))]
+
+    def restore(self, state: dict, model, best: "_FineTuneBest") -> None:
+        """Model and optimizer variables and the best weights of the saved epoch."""
+        variables = self._arrays(self.folder / state["variables"])
+        model.optimizer.build(model.trainable_variables)
+        targets = list(model.variables) + list(model.optimizer.variables)
+        if len(variables) != len(targets):
+            raise ValueError(f"backup holds {len(variables)} arrays, the model {len(targets)}")
+        for variable, value in zip(targets, variables):
+            variable.assign(value)
+        best.value, best.epoch = state["best_value"], state["best_epoch"]
+        best.weights = self._arrays(self.folder / state["best_weights"]) if state["best_weights"] else None
+
+    def save(self, epoch: int, model, best: "_FineTuneBest", rows: dict, schedule: dict) -> None:
+        import io
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+        def write(name: str, arrays: list) -> str:
+            buffer = io.BytesIO()
+            np.savez(buffer, **{f"v{index}": np.asarray(array) for index, array in enumerate(arrays)})
+            atomic_write_bytes(self.folder / name, buffer.getvalue())
+            return name
+
+        variables = write(f"epoch-{epoch}.npz", [variable.numpy() for variable in
+                                                  list(model.variables) + list(model.optimizer.variables)])
+        best_name = None
+        if best.weights is not None:
+            best_name = f"best-{best.epoch}.npz"
+            if not (self.folder / best_name).exists():
+                write(best_name, best.weights)
+        atomic_write_json(self.folder / BACKUP_STATE_NAME, {
+            "identity": self.identity, "epoch": epoch, "variables": variables, "best_weights": best_name,
+            "best_value": best.value, "best_epoch": best.epoch, "history": rows, "schedule": schedule,
+        })
+        for stale in self.folder.glob("*.npz"):
+            if stale.name not in (variables, best_name):
+                stale.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class _FineTuneBest:
+    """The best fine-tuned weights; they must beat phase 1's val accuracy to count."""
+
+    value: float
+    epoch: int = -1
+    weights: list | None = field(default=None, repr=False)
+
+
+def fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: Examples,
+              val_images: Sequence[np.ndarray], phase1_accuracy: float, classes: int, run_dir: Path,
+              history: dict[str, list], callbacks: Sequence = (), progress: bool = False,
+              ) -> tuple[Any, list[tuple[str, str]]]:
+    """Step 4: unfreeze the top of the base and train everything at a low learning rate.
+
+    `val_images` are the originals of ``examples.val`` (loaded once by the caller). Returns
+    (the composed model with the best weights, skipped train images). The fine-tuned weights
+    replace phase 1's only if their val accuracy beats `phase1_accuracy`.
+    """
     import keras
     import tensorflow as tf
 
-    train_images, train_kept, skipped = _load_images(train_paths, config.input_size, progress)
-    val_images, val_kept, val_skipped = _load_images(val_paths, config.input_size, progress)
-    train_y, val_y = train_y[train_kept], val_y[val_kept]
-    # Rounding to uint8 keeps these arrays small; evaluation later uses unrounded pixels.
+    base = extractor.base
+    train_images, kept, skipped = load_images([examples.paths[row] for row in examples.train], progress)
+    train_y = examples.labels[examples.train][kept]
+    val_y = examples.labels[examples.val]
+    one_hot = lambda labels: keras.utils.to_categorical(labels, classes).astype(np.float32)  # noqa: E731
+    to_float = lambda x, y: (tf.cast(x, tf.float32), y)  # noqa: E731
+    val_data = _in_order_batches(_resized_uint8(val_images, config.input_size), one_hot(val_y), config.batch_size,
+                                 to_float)
+
     base.trainable = True
     layers = [layer for layer in base.layers if layer.weights]
     frozen_count = max(0, len(layers) - config.fine_tune_layers)
@@ -325,55 +601,135 @@ def _fine_tune(config: TrainConfig, base, preprocessing, head, train_paths, trai
         keras.layers.RandomZoom(0.1, seed=config.seed, name="aug_zoom"),
         keras.layers.RandomContrast(0.15, seed=config.seed, name="aug_contrast"),
     ]
-    model = compose_model(config.input_size, preprocessing, base, head, augmentation)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
-    train_data = (
-        tf.data.Dataset.from_tensor_slices((train_images, keras.utils.to_categorical(train_y, classes)))
-        .shuffle(len(train_y), seed=config.seed, reshuffle_each_iteration=True)
-        .batch(config.batch_size)
-        .map(lambda x, y: (tf.cast(x, tf.float32), y))
-        .prefetch(2)
-    )
-    val_data = (
-        tf.data.Dataset.from_tensor_slices((val_images, keras.utils.to_categorical(val_y, classes)))
-        .batch(config.batch_size)
-        .map(lambda x, y: (tf.cast(x, tf.float32), y))
-    )
-    checkpoint = run_dir / "fine_tune_best.weights.h5"
-    phase1 = run_dir / "phase1.weights.h5"
-    checkpoint.unlink(missing_ok=True)
-    model.save_weights(phase1)
+    model = compose_model(config.input_size, extractor.preprocessing, base, head, augmentation)
+    _compile(model, config.fine_tune_learning_rate, config.label_smoothing)
+    phase1_weights = model.get_weights()
+
+    backup = _FineTuneBackup(run_dir / BACKUP_DIR, {"config": config_to_dict(config), "examples": examples.identity()})
+    best = _FineTuneBest(value=phase1_accuracy)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
+    rows: dict[str, list] = {}
+    first_row = len(history.get("phase", []))  # history rows from here on are phase 2's
+    state = backup.load()
+    initial_epoch = 0
+    if state is not None:
+        backup.restore(state, model, best)
+        rows = state["history"]
+        initial_epoch = state["epoch"] + 1
+        logger.info("resuming fine-tuning after epoch %d from %s", initial_epoch, backup.folder)
+    for key, values in rows.items():
+        history.setdefault(key, []).extend(values)
+
+    class Checkpoint(keras.callbacks.Callback):
+        """Keeps the best weights and saves the backup; runs after the history row is written."""
+
+        def on_train_begin(self, logs=None):
+            if state is not None:  # ReduceLROnPlateau resets itself in on_train_begin; put back its counters
+                reduce_lr.wait, reduce_lr.cooldown_counter = state["schedule"]["wait"], state["schedule"]["cooldown"]
+                reduce_lr.best = state["schedule"]["best"]
+
+        def on_epoch_end(self, epoch, logs=None):
+            accuracy = float((logs or {}).get("val_accuracy", -np.inf))
+            if accuracy > best.value:
+                best.value, best.epoch, best.weights = accuracy, epoch, model.get_weights()
+            rows.update({key: values[first_row:] for key, values in history.items()})
+            backup.save(epoch, model, best, rows, {"wait": int(reduce_lr.wait), "best": float(reduce_lr.best),
+                                                   "cooldown": int(reduce_lr.cooldown_counter)})
+
     watch = _CancelWatch("fine-tune")
-    callbacks = [
-        *user_callbacks,
-        watch.callback(),
-        keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR)),
-        # Fine-tuning must beat phase 1 on val accuracy to replace it.
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_accuracy", mode="max", save_best_only=True,
-                                        save_weights_only=True, initial_value_threshold=phase1_val_acc),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
-        _EpochLog(history, run_dir / HISTORY_NAME, "fine-tune").callback(lambda: model.optimizer),
-    ]
-    model.fit(train_data, validation_data=val_data, epochs=config.fine_tune_epochs, verbose=0, shuffle=False,
+    train_data, steps = _epoch_batches(np.asarray(_resized_uint8(train_images, config.input_size)), one_hot(train_y),
+                                       config.batch_size, config.seed, config.fine_tune_epochs, initial_epoch,
+                                       to_float)
+    model.fit(train_data, steps_per_epoch=steps, validation_data=val_data, epochs=config.fine_tune_epochs,
+              initial_epoch=initial_epoch, verbose=0, shuffle=False,  # _epoch_batches shuffles
               class_weight=_class_weights(train_y, classes) if config.class_weights else None,
-              callbacks=callbacks)
-    if watch.cancelled_after is not None:
-        checkpoint.unlink(missing_ok=True)
-        phase1.unlink(missing_ok=True)
+              callbacks=[*callbacks, watch.callback(), reduce_lr,
+                         _EpochLog(history, run_dir / HISTORY_NAME, "fine-tune").callback(lambda: model.optimizer),
+                         Checkpoint()])
+    if watch.cancelled:
+        backup.remove()  # a cancel is not an interruption: the next run starts afresh
         watch.raise_if_cancelled(run_dir)
-    if checkpoint.exists():
-        model.load_weights(checkpoint)
+    if best.weights is not None:
+        model.set_weights(best.weights)
     else:
         logger.warning("fine-tuning never beat phase 1's val accuracy %.4f; keeping the phase-1 weights",
-                       phase1_val_acc)
-        model.load_weights(phase1)
-    checkpoint.unlink(missing_ok=True)
-    phase1.unlink(missing_ok=True)
-    return skipped + val_skipped
+                       phase1_accuracy)
+        model.set_weights(phase1_weights)
+    backup.remove()
+    return compose_model(config.input_size, extractor.preprocessing, base, head), skipped
+
+
+
+# --------------------------------------------------------------------------- val predictions, reports, bundle
+
+
+def predict_val(config: TrainConfig, model, head, examples: Examples, features: dict[str, np.ndarray],
+                val_images: Sequence[np.ndarray] | None) -> np.ndarray:
+    """Step 5a: probabilities of the composed model on ``examples.val``.
+
+    Without fine-tuning the composed model computes exactly head(features), so the cached
+    features are reused; after fine-tuning the base changed and `val_images` go through it.
+    """
+    from detcrop.classify.bundle import predict_images
+
+    if val_images is not None:
+        return predict_images(model, val_images, config.input_size, config.tta_flip)
+    probabilities = np.asarray(head(features["orig"][examples.val], training=False))
+    if config.tta_flip:
+        probabilities = (probabilities + np.asarray(head(features["flip"][examples.val], training=False))) / 2
+    return probabilities
+
+
+def write_run_reports(run_dir: Path, config: TrainConfig, examples: Examples, class_names: list[str],
+                      probabilities: np.ndarray, history: dict[str, list], val_images: Sequence[np.ndarray] | None,
+                      context: dict) -> tuple[dict, dict, dict[str, Path]]:
+    """Step 5b: (metrics, metrics with the run's context, report paths); the mistakes grid shows val images."""
+    from detcrop.classify.reports import evaluate_predictions, worst_mistakes, write_reports
+
+    val_y = examples.labels[examples.val]
+    metrics = evaluate_predictions(val_y, probabilities, class_names)
+    mistakes = []
+    for position, true, predicted, probability in worst_mistakes(list(range(len(val_y))), val_y, probabilities,
+                                                                  config.mistakes):
+        try:
+            image = val_images[position] if val_images is not None else \
+                load_image_array(examples.paths[examples.val[position]])
+        except ImageError:
+            continue
+        mistakes.append((image, true, predicted, probability))
+    metrics_with_context = metrics | {"split": "val", "train_images": int(len(examples.train)),
+                                      "val_images": int(len(val_y))} | context
+    return metrics, metrics_with_context, write_reports(run_dir, metrics_with_context, history, mistakes)
+
+
+def save_run_bundle(run_dir: Path, dataset_dir: Path, model, config: TrainConfig, class_names: list[str],
+                    weights_source: str, metrics: dict, probabilities: np.ndarray, val_y: np.ndarray) -> None:
+    """Step 6: model.keras + bundle.json, with the dataset's crop settings so predict crops alike."""
+    import keras
+
+    from detcrop.classify.bundle import library_versions, save_bundle
+    from detcrop.classify.calibration import choose_unknown_threshold
+
+    metadata = {
+        "class_names": class_names,
+        "input_size": config.input_size,
+        "backbone": config.backbone,
+        "weights_source": weights_source,
+        "metrics": {key: metrics[key] for key in ("accuracy", "macro_f1", "weighted_f1", "samples")},
+        "config": config_to_dict(config),
+        "tta_flip": config.tta_flip,
+        # `predict` reports "unknown" under this; see classify.calibration.
+        "unknown_threshold": choose_unknown_threshold(probabilities, val_y),
+        "versions": library_versions() | {"keras_backend": keras.backend.backend()},
+        "dataset": str(dataset_dir),
+    }
+    crop_config_path = dataset_dir / "crop_config.json"
+    if crop_config_path.is_file():
+        try:
+            metadata["crop_config"] = json.loads(crop_config_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            logger.warning("%s: unreadable crop config, not copied into the bundle (%s)", crop_config_path, error)
+    save_bundle(run_dir, model, metadata)
 
 
 def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig = TrainConfig(),
@@ -390,142 +746,59 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     >>> result = train("crops/", "runs/watches", make_train_config({"epochs": 30}))  # doctest: +SKIP
     >>> result.metrics["macro_f1"]  # doctest: +SKIP
     """
-    import keras
-
-    from detcrop.classify.bundle import library_versions, predict_images, save_bundle
-    from detcrop.classify.features import FeatureCache, build_feature_model, default_cache_dir, extract_features
-    from detcrop.classify.calibration import choose_unknown_threshold
-    from detcrop.classify.reports import evaluate_predictions, worst_mistakes, write_reports
+    from detcrop.classify.bundle import mark_complete, mark_incomplete
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_incomplete(run_dir)  # first: an old bundle is never served under the new config.json
     atomic_write_json(run_dir / CONFIG_NAME, config_to_dict(config))
 
-    dataset = scan_class_folders(dataset_dir)
-    class_names = list(dataset.class_names)
-    if len(class_names) < 2:
-        raise ValueError(f"{dataset_dir}: expected at least 2 class folders, found {len(class_names)}")
-    skipped: list[tuple[str, str]] = [(str(item.path), item.reason) for item in dataset.skipped]
-    paths, labels, sha256s = [], [], []
-    for sample in dataset.samples:
-        try:
-            sha256s.append(file_sha256(sample.path))
-        except OSError as error:
-            skipped.append((str(sample.path), f"cannot read file ({error})"))
-            continue
-        paths.append(sample.path)
-        labels.append(sample.label_index)
-    if not paths:
-        raise ValueError(f"{dataset_dir}: no readable image files in its class folders")
-    labels_array = np.asarray(labels, dtype=np.int64)
-    split = split_class_folders(
-        dataset, config.val_ratio, seed=config.seed,
-        sha256_by_path={str(path): digest for path, digest in zip(paths, sha256s)},
-        source_by_path=source_hashes_from_manifest(dataset_dir),
-    )
-    index_of = {str(sample.path): position for position, sample in enumerate(dataset.samples)}
-    position_of = {index_of[str(path)]: position for position, path in enumerate(paths)}
-    train_idx = np.array([position_of[i] for i in split.train if i in position_of], dtype=np.int64)
-    val_idx = np.array([position_of[i] for i in split.val if i in position_of], dtype=np.int64)
-    if not len(val_idx):
-        raise ValueError(f"{dataset_dir}: val_ratio={config.val_ratio} left no validation images; "
-                         "add images or raise val_ratio")
-    logger.info("%d classes, %d train and %d val images", len(class_names), len(train_idx), len(val_idx))
+    examples, class_names, skipped = split_examples(dataset_dir, config)
 
-    # Phase 1: cached features of the frozen base, then the head.
-    feature_model, source, base, preprocessing = build_feature_model(
-        config.backbone, config.input_size, config.weights or None, config.seed)
-    cache = FeatureCache(config.cache_dir or default_cache_dir(), config.backbone, config.input_size, source)
-    variants = ("orig", "flip") if (config.flip_features or config.tta_flip) else ("orig",)
     tick = time.perf_counter()
-    features = extract_features(paths, sha256s, feature_model, cache, config.input_size, variants,
-                                config.feature_batch_size, progress)
+    extractor = build_extractor(config)
+    examples, features, unreadable, cache_counts = compute_features(examples, extractor, config, progress)
+    skipped += unreadable
     timings["features"] = time.perf_counter() - tick
-    skipped += features.skipped
-    row_of = {index: row for row, index in enumerate(features.kept)}
-    train_rows = np.array([row_of[i] for i in train_idx if i in row_of], dtype=np.int64)
-    val_rows = np.array([row_of[i] for i in val_idx if i in row_of], dtype=np.int64)
-    if not len(train_rows) or not len(val_rows):
-        raise ValueError(f"{dataset_dir}: no loadable images left on the train or val side")
-    kept_labels = labels_array[features.kept]
-    atomic_write_json(run_dir / SPLIT_NAME, {
-        "train": [str(paths[features.kept[row]]) for row in train_rows],
-        "val": [str(paths[features.kept[row]]) for row in val_rows],
-    })
-    train_x = features.features["orig"][train_rows]
-    train_y = kept_labels[train_rows]
-    if config.flip_features:
-        train_x = np.concatenate([train_x, features.features["flip"][train_rows]])
-        train_y = np.concatenate([train_y, train_y])
-    val_x, val_y = features.features["orig"][val_rows], kept_labels[val_rows]
+    atomic_write_json(run_dir / SPLIT_NAME, {"train": [str(examples.paths[row]) for row in examples.train],
+                                             "val": [str(examples.paths[row]) for row in examples.val]})
+
     history: dict[str, list] = {}
     tick = time.perf_counter()
-    head = _fit_head(config, train_x, train_y, val_x, val_y, len(class_names), run_dir, history, callbacks)
+    head = fit_head(config, examples, features, len(class_names), run_dir, history, callbacks)
     timings["head"] = time.perf_counter() - tick
 
-    val_paths = [paths[features.kept[row]] for row in val_rows]
+    val_images = None
     if config.fine_tune_layers > 0:
         tick = time.perf_counter()
-        train_paths = [paths[features.kept[row]] for row in train_rows]
-        skipped += _fine_tune(
-            config, base, preprocessing, head, train_paths, kept_labels[train_rows], val_paths, val_y,
-            len(class_names), run_dir, history, progress,
-            float((np.asarray(head(val_x, training=False)).argmax(1) == val_y).mean()), callbacks)
+        # The val originals are loaded once: fine-tuning validates on them, the reports show them.
+        val_images, kept, unreadable = load_images([examples.paths[row] for row in examples.val])
+        if unreadable:  # changed since their features were computed
+            skipped += unreadable
+            gone = set(examples.val.tolist()) - set(examples.val[kept].tolist())
+            rows = [row for row in range(len(examples.paths)) if row not in gone]
+            examples, features = examples.keep(rows), {key: value[rows] for key, value in features.items()}
+        val_features = features["orig"][examples.val]
+        phase1_accuracy = float((np.asarray(head(val_features, training=False)).argmax(1)
+                                 == examples.labels[examples.val]).mean())
+        model, unreadable = fine_tune(config, extractor, head, examples, val_images, phase1_accuracy,
+                                      len(class_names), run_dir, history, callbacks, progress)
+        skipped += unreadable
         timings["fine_tune"] = time.perf_counter() - tick
-        model = compose_model(config.input_size, preprocessing, base, head)
-        val_images, val_kept = [], []
-        for position, path in enumerate(val_paths):
-            try:
-                val_images.append(load_image_array(path))
-                val_kept.append(position)
-            except ImageError:
-                continue  # already reported when its features were computed
-        val_y = val_y[val_kept]
-        val_paths = [val_paths[i] for i in val_kept]
-        probabilities = predict_images(model, val_images, config.input_size, config.tta_flip)
     else:
-        model = compose_model(config.input_size, preprocessing, base, head)
-        # The composed model computes exactly head(features); reuse the cached ones.
-        probabilities = np.asarray(head(val_x, training=False))
-        if config.tta_flip:
-            probabilities = (probabilities + np.asarray(head(features.features["flip"][val_rows], training=False))) / 2
+        model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
 
-    metrics = evaluate_predictions(val_y, probabilities, class_names)
-    mistake_rows = worst_mistakes(list(range(len(val_y))), val_y, probabilities, config.mistakes)
-    mistakes = []
-    for row, true, predicted, probability in mistake_rows:
-        try:
-            mistakes.append((load_image_array(val_paths[int(row)]), true, predicted, probability))
-        except ImageError:
-            continue
+    probabilities = predict_val(config, model, head, examples, features, val_images)
     timings["total"] = time.perf_counter() - started
-    metrics_with_context = metrics | {
-        "split": "val", "train_images": int(len(train_rows)), "val_images": int(len(val_y)),
-        "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
-        "timings_s": {key: round(value, 2) for key, value in timings.items()},
-        "feature_cache": {"folder": str(cache.folder), "computed": features.computed, "cached": features.cached},
-    }
-    report_paths = write_reports(run_dir, metrics_with_context, history, mistakes)
-    crop_config_path = dataset_dir / "crop_config.json"
-    metadata = {
-        "class_names": class_names,
-        "input_size": config.input_size,
-        "backbone": config.backbone,
-        "weights_source": source,
-        "metrics": {key: metrics[key] for key in ("accuracy", "macro_f1", "weighted_f1", "samples")},
-        "config": config_to_dict(config),
-        "tta_flip": config.tta_flip,
-        # `predict` reports "unknown" under this; see classify.calibration.
-        "unknown_threshold": choose_unknown_threshold(probabilities, val_y),
-        "versions": library_versions() | {"keras_backend": keras.backend.backend()},
-        "dataset": str(dataset_dir),
-    }
-    if crop_config_path.is_file():
-        try:
-            metadata["crop_config"] = json.loads(crop_config_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            logger.warning("%s: unreadable crop config, not copied into the bundle (%s)", crop_config_path, error)
-    save_bundle(run_dir, model, metadata)
+    metrics, metrics_with_context, report_paths = write_run_reports(
+        run_dir, config, examples, class_names, probabilities, history, val_images, {
+            "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+            "timings_s": {key: round(value, 2) for key, value in timings.items()},
+            "feature_cache": cache_counts,
+        })
+    save_run_bundle(run_dir, dataset_dir, model, config, class_names, extractor.weights_source, metrics,
+                    probabilities, examples.labels[examples.val])
+    mark_complete(run_dir)
     return TrainResult(run_dir, metrics_with_context, history, skipped, timings, report_paths)

@@ -25,6 +25,7 @@ from typing import Callable
 
 from detcrop.data.errors import DetcropError
 from detcrop.data.images import file_sha256
+from detcrop.data.seeding import python_random_seeded
 
 logger = logging.getLogger(__name__)
 
@@ -161,17 +162,16 @@ def build_base(name: str, input_size: int, weights: str | os.PathLike | None = N
     """Build the base of `name` at `input_size` with its weights; returns (keras.Model, weights_source).
 
     ``weights="imagenet"`` downloads through keras.applications; without internet it raises
-    `WeightsUnavailableError` naming both ways out (internet, or ``--weights PATH``).
+    `WeightsUnavailableError` naming both ways out (internet, or ``--weights PATH``). A random-init
+    base is the same for the same `seed`; no global random generator is seeded.
     """
-    import keras
-
     backbone = get_backbone(name)
     source = weights_source(name, weights, seed)
     weights = backbone.default_weights if weights in (None, "") else str(weights)
-    keras.utils.set_random_seed(seed)
     argument = None if weights == "none" else weights
     try:
-        base = backbone.build_base(input_size, argument)
+        with python_random_seeded(seed):  # random-init layers draw their seeds from it
+            base = backbone.build_base(input_size, argument)
     except WeightsUnavailableError:
         raise
     except Exception as error:  # noqa: BLE001 - download failures come as many types

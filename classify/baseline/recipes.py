@@ -49,7 +49,7 @@ class BaselineConfig:
     epochs: int | None = None  # passes over the training set (None: the recipe's)
     batch_size: int | None = None  # images per step (None: the recipe's)
     learning_rate: float | None = None  # peak learning rate (None: the recipe's)
-    seed: int = 0  # seeds Python, numpy, TensorFlow, shuffling, subsampling and the folder split
+    seed: int = 0  # seeds initialisation, shuffling, subsampling and the folder split (no global generator)
     limit: int | None = None  # use at most this many train and this many test images (quick runs)
     image_size: int = 32  # class folders: images are resized to this square side
     test_ratio: float = 0.2  # class folders: share of images held out as the test set

@@ -18,6 +18,7 @@ import numpy as np
 
 from detcrop.classify.baseline.model import build_model, build_serving_model
 from detcrop.classify.baseline.recipes import RECIPES, BaselineConfig, Recipe
+from detcrop.data.seeding import python_random_seeded
 
 if TYPE_CHECKING:  # TensorFlow loads only when a model is built
     import keras
@@ -126,12 +127,10 @@ def train_baseline(
     No choice is made on the test set (no early stopping, no best-epoch pick): the returned
     model is the one after the last epoch.
     """
-    import keras
-
     config = config.resolved()
     recipe = RECIPES[config.recipe]
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config.recipe, data.image_shape, len(data.class_names))
+    with python_random_seeded(config.seed):  # unseeded Keras layers draw their seeds from it
+        model = build_model(config.recipe, data.image_shape, len(data.class_names))
     steps_per_epoch = -(-len(data.x_train) // config.batch_size)
     model.compile(
         optimizer=_optimizer(recipe, config.learning_rate, steps_per_epoch, config.epochs),

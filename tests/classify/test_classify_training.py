@@ -133,34 +133,59 @@ def test_train_refuses_a_single_class(tmp_path):
         train(tmp_path / "data", tmp_path / "run", quick_config(tmp_path), progress=False)
 
 
-def test_killed_fine_tuning_resumes_from_backup(tmp_path, monkeypatch):
+def test_fine_tuning_killed_after_epoch_3_of_4_resumes_as_if_never_stopped(tmp_path, monkeypatch):
+    """Issue 10 row 4: the resumed run keeps the best weights and the history, and equals the uninterrupted run."""
     import detcrop.classify.training as training
 
     dataset = make_dataset(tmp_path / "data", per_class=6)
-    config = quick_config(tmp_path, epochs=1, fine_tune_layers=3, fine_tune_epochs=3)
-    original = training._EpochLog.callback
+    config = quick_config(tmp_path, epochs=2, fine_tune_layers=3, fine_tune_epochs=4, fine_tune_learning_rate=3e-3)
+    whole = train(dataset, tmp_path / "whole", config, progress=False)
 
-    def killing_callback(self, optimizer_of):
-        recorder = original(self, optimizer_of)
-        if self.phase == "fine-tune":
-            on_epoch_end = recorder.on_epoch_end
+    original_save = training._FineTuneBackup.save
 
-            def end_then_die(epoch, logs=None):
-                on_epoch_end(epoch, logs)
-                raise KeyboardInterrupt  # as if the process were killed after epoch 1's backup
+    def save_then_die(self, epoch, *args, **kwargs):
+        original_save(self, epoch, *args, **kwargs)
+        if epoch == 2:
+            raise KeyboardInterrupt  # as if the process were killed once epoch 3's state is on disk
 
-            recorder.on_epoch_end = end_then_die
-        return recorder
+    monkeypatch.setattr(training._FineTuneBackup, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, tmp_path / "killed", config, progress=False)
+    assert (tmp_path / "killed" / "backup" / training.BACKUP_STATE_NAME).is_file()
+    monkeypatch.setattr(training._FineTuneBackup, "save", original_save)
+    follower = _follower()
+    resumed = train(dataset, tmp_path / "killed", config, progress=False, callbacks=[follower])
 
-    monkeypatch.setattr(training._EpochLog, "callback", killing_callback)
+    assert [epoch for phase, epoch, _ in follower.seen if phase == "fine-tune"] == [3]  # only epoch 4 ran again
+    assert resumed.history["phase"] == whole.history["phase"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        assert resumed.history[key] == pytest.approx(whole.history[key], rel=1e-5), key
+    assert resumed.metrics["accuracy"] == whole.metrics["accuracy"]
+    assert not (tmp_path / "killed" / "backup").exists()
+    images = [np.full((40, 44, 3), colour, np.uint8) for colour in COLOURS.values()]
+    np.testing.assert_allclose(load_bundle(tmp_path / "killed").predict(images),
+                               load_bundle(tmp_path / "whole").predict(images), rtol=1e-5, atol=1e-6)
+
+
+def test_a_backup_of_other_settings_is_not_resumed(tmp_path, monkeypatch, caplog):
+    import detcrop.classify.training as training
+
+    dataset = make_dataset(tmp_path / "data", per_class=6)
+    config = quick_config(tmp_path, epochs=1, fine_tune_layers=3, fine_tune_epochs=2)
+    original_save = training._FineTuneBackup.save
+
+    def save_then_die(self, epoch, *args, **kwargs):
+        original_save(self, epoch, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training._FineTuneBackup, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(dataset, tmp_path / "run", config, progress=False)
-    assert (tmp_path / "run" / "backup").is_dir()
-    monkeypatch.setattr(training._EpochLog, "callback", original)
-    result = train(dataset, tmp_path / "run", config, progress=False)
-    # Epoch 1 came from the backup; only epochs 2 and 3 ran again.
+    monkeypatch.setattr(training._FineTuneBackup, "save", original_save)
+    other = quick_config(tmp_path, epochs=1, fine_tune_layers=3, fine_tune_epochs=2, fine_tune_learning_rate=5e-4)
+    result = train(dataset, tmp_path / "run", other, progress=False)
+    assert "another split; starting phase 2 afresh" in caplog.text
     assert result.history["phase"].count("fine-tune") == 2
-    assert not (tmp_path / "run" / "backup").exists()
 
 
 def test_fine_tuning_that_does_not_help_keeps_phase_one(tmp_path, caplog):
@@ -269,3 +294,20 @@ def test_a_callback_cancels_training(tmp_path, phase):
     assert [seen[0] for seen in follower.seen].count(phase) == 1  # stopped right after the cancel
     assert not (tmp_path / "run" / BUNDLE_NAME).exists()
     assert not list((tmp_path / "run").glob("*.weights.h5"))
+
+
+def test_training_seeds_no_global_generator(tmp_path):
+    """Library code never seeds Python's or NumPy's global generators behind its caller; runs still repeat."""
+    import random
+
+    dataset = make_dataset(tmp_path / "data", per_class=4)
+    random.seed(123)
+    np.random.seed(123)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    first = train(dataset, tmp_path / "one", quick_config(tmp_path, epochs=2), progress=False)
+    assert random.getstate() == python_state
+    after = np.random.get_state()
+    assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1]) and after[2:] == numpy_state[2:]
+    random.seed(999)  # another caller state: the same seed in the config still gives the same run
+    second = train(dataset, tmp_path / "two", quick_config(tmp_path, epochs=2), progress=False)
+    assert second.history["loss"] == first.history["loss"]
