@@ -59,3 +59,31 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, argv, message):
     argv = [part.format(data=data, run=tmp_path / "run") for part in argv]
     assert main(argv + ["-q"]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_retraining_killed_midway_leaves_a_run_every_command_refuses(tmp_path, capsys, monkeypatch):
+    """Issue 10 row 8: the old bundle is never served under the new config.json."""
+    import detcrop.classify.training as training
+
+    data = _dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    train_argv = ["train", str(data), "--out", str(run), "--backbone", "scratch", "--image-size", "32",
+                  "--epochs", "2", "--val-ratio", "0.34", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert main(train_argv) == 0
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies while the head trains
+
+    monkeypatch.setattr(training, "fit_head", killed)
+    assert main(train_argv[:-1] + ["--epochs", "3", "-q"]) == 130
+    monkeypatch.undo()
+    assert json.loads((run / "config.json").read_text())["epochs"] == 3  # new config, old bundle beside it
+    capsys.readouterr()
+    photo = data / "dark" / "0.jpg"
+    for argv in (["predict", str(run), str(photo), "--no-detect"], ["evaluate", str(run), str(data)],
+                 ["export", str(run), "--out", str(tmp_path / "export")]):
+        assert main(argv + ["-q"]) == 2, argv
+        err = capsys.readouterr().err
+        assert "incomplete run" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert main(train_argv) == 0  # training again finishes the run
+    assert main(["evaluate", str(run), str(data), "-q"]) == 0
