@@ -12,6 +12,11 @@ Every detector takes one upright RGB `uint8` image of shape (height, width, 3) a
 `register_detector` adds one (e.g. another runtime's port of a model). Anything that is
 not a registered name is a TF Hub handle (URL), a SavedModel directory with the TF Hub
 object-detection signature, or a `.pb` frozen graph with the TF OD API tensor names.
+`.onnx` files with the TF OD API outputs run in ONNX Runtime.
+
+Runtimes (`load_detector(..., runtime=)`): `tensorflow` runs the TF models as they are;
+`onnx` runs the SSD frozen graph (`ssd-mobilenet-v2`, or any TF OD API SSD `.pb`) in ONNX
+Runtime after a one-off conversion (`detect.onnx_detectors`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ SSD_GRAPH_FILE = "models/frozen_inference_graph.pb"
 #: Environment variable naming a local SavedModel directory of the Faster R-CNN model.
 FASTER_RCNN_DIR_ENV = "DETCROP_FASTER_RCNN_DIR"
 
+#: Inference runtimes of the detector: TensorFlow, or ONNX Runtime (measured in the README).
+RUNTIMES = ("tensorflow", "onnx")
+DEFAULT_RUNTIME = "tensorflow"
 
 
 class DetectorNotFoundError(DetcropError, FileNotFoundError):
@@ -141,15 +149,33 @@ def is_registered_detector(name: str | os.PathLike) -> bool:
     return isinstance(name, str) and name in DETECTORS
 
 
-def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR) -> Detector:
-    """A detector by registered name (see the module doc), TF Hub handle, SavedModel directory or `.pb` file.
+def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: str = DEFAULT_RUNTIME) -> Detector:
+    """A detector by registered name (see the module doc), TF Hub handle, SavedModel directory, `.pb` or `.onnx` file.
 
+    `runtime="onnx"` runs SSD frozen graphs in ONNX Runtime (converted once, cached).
     Raises `DetectorNotFoundError` saying what was looked for and how to provide it.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise DetectorNotFoundError(f"detector {text!r} not found: {path.resolve()} does not exist")
+        from detcrop.detect.onnx_detectors import OnnxDetector
+
+        return OnnxDetector(path, name=text)
+    if runtime == "onnx":
+        from detcrop.detect.onnx_detectors import OnnxDetector, converted_ssd_path
+
+        if text == "ssd-mobilenet-v2":
+            return OnnxDetector(converted_ssd_path(ssd_graph_path()), name=text)
+        if path.is_file() and path.suffix == ".pb":
+            return OnnxDetector(converted_ssd_path(path), name=text)
+        raise ValueError(f"detector {text!r}: --runtime onnx runs the SSD frozen graph (ssd-mobilenet-v2 or a "
+                         f"TF OD API SSD .pb) or an .onnx file; use --runtime tensorflow for other detectors")
     if text in DETECTORS:
         return DETECTORS[text].load()
-    path = Path(text).expanduser()
     if (path.is_file() and path.suffix == ".pb") or path.is_dir() or "://" in text:
         # The adapters import TensorFlow; keep that out of `import detect` (and out of a refusal).
         from detcrop.detect import tf_detectors
@@ -161,6 +187,6 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR) -> Detecto
         return tf_detectors.SavedModelDetector(text, name=text)
     raise DetectorNotFoundError(
         f"detector {text!r} not found: expected one of {', '.join(DETECTORS)}, a TF Hub handle "
-        f"(https://...), a SavedModel directory with the TF Hub object-detection signature, or a "
-        f"frozen graph .pb file; {path.resolve()} does not exist"
+        f"(https://...), a SavedModel directory with the TF Hub object-detection signature, a "
+        f"frozen graph .pb file or an .onnx file with the TF OD API outputs; {path.resolve()} does not exist"
     )

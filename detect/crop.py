@@ -55,7 +55,7 @@ from detcrop.data.manifest import (
     STATUS_CROPPED, STATUS_EMPTY, STATUS_FAILED, CropRecord, ManifestWriter,
     read_manifest, write_manifest,
 )
-from detcrop.detect.base import DEFAULT_DETECTOR, Detector, check_image, detector_label_map
+from detcrop.detect.base import DEFAULT_DETECTOR, DEFAULT_RUNTIME, RUNTIMES, Detector, check_image, detector_label_map
 from detcrop.detect.detections import Detections
 from detcrop.detect.geometry import SQUARE_MODES, CropTooSmallError, crop_region, cut_region
 from detcrop.detect.labels import coco_labels, resolve_class_ids
@@ -67,7 +67,7 @@ CROP_CONFIG_NAME = layout.CROP_CONFIG_NAME
 SUMMARY_NAME = layout.CROP_SUMMARY_NAME
 ON_EMPTY_MODES = ("record", "whole-photo")
 #: Fields that change how fast a job runs, not what it writes; they may differ on resume.
-RUNTIME_FIELDS = frozenset({"workers", "prefetch"})
+RUNTIME_FIELDS = frozenset({"workers", "prefetch", "runtime"})
 
 
 class NoPhotosError(DetcropError, ValueError):
@@ -92,6 +92,7 @@ class CropConfig:
     max_pixels: int = ImageLimits.max_pixels  # photos with more pixels are refused as failed
     workers: int = 2  # decoding threads running ahead of the detector
     prefetch: int = 8  # decoded photos held ready for the detector
+    runtime: str = DEFAULT_RUNTIME  # detector runtime: "tensorflow" or "onnx" (ONNX Runtime; same boxes within 1 px)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(str(target) for target in self.targets))
@@ -110,6 +111,7 @@ class CropConfig:
              (self.max_bytes, self.max_pixels)),
             (self.workers >= 1 and self.prefetch >= 1, "workers and prefetch must be >= 1",
              (self.workers, self.prefetch)),
+            (self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}", self.runtime),
         )
         for passed, expected, received in checks:
             if not passed:
@@ -599,7 +601,7 @@ def crop_photos(
 
     A driver over `crop_photo`: it lists, reads and decodes the photos (on `config.workers`
     threads), calls the stage for each and writes its outcome. `detector` defaults to
-    `load_detector(config.detector)`; pass one to reuse a loaded model. Unreadable photos
+    `load_detector(config.detector, config.runtime)`; pass one to reuse a loaded model. Unreadable photos
     get a "failed" record and the job goes on; photos where nothing passes get an "empty"
     record with the reason. Resumable; see the module doc.
     """
@@ -619,9 +621,9 @@ def crop_photos(
     with folder_lock(dataset, "crop"):
         _check_config(dataset, config)
         if detector is None:
-            from detcrop.detect.base import load_detector
+            from detcrop.detect.base import load_configured_detector
 
-            detector = load_detector(config.detector)
+            detector = load_configured_detector(config.detector, config.runtime)
         # Only now: a detector that does not load must not leave a config that refuses the right command.
         atomic_write_json(dataset / CROP_CONFIG_NAME, config_to_dict(config))
         return _crop_into(dataset, photos, skipped, config, detector, progress)

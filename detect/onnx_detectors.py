@@ -235,6 +235,9 @@ def session_options(threads: int | None = None):
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = int(threads)
+    # Idle worker threads sleep instead of spinning: on a shared or oversubscribed machine
+    # spinning threads steal the cores the other workers need (measured: README).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
 
@@ -248,14 +251,16 @@ class OnnxDetector:
     metadata). Input: one image tensor `[1, H, W, 3]`, uint8 (or float, then cast).
     """
 
-    def __init__(self, model_path: str | os.PathLike, name: str, label_map: Mapping[int, str] | None = None,
+    def __init__(self, model: str | os.PathLike | bytes, name: str, label_map: Mapping[int, str] | None = None,
                  threads: int | None = None):
         onnxruntime = _import_onnxruntime()
         self.name = name
         self.label_map = dict(label_map if label_map is not None else coco_labels())
-        self.model_path = Path(model_path)
+        # Bytes let a Ray driver ship the model through the object store to workers without its cache.
+        self.model_path = Path(model) if not isinstance(model, bytes) else Path(f"<{len(model)} bytes of ONNX>")
         try:
-            self._session = onnxruntime.InferenceSession(str(self.model_path), session_options(threads),
+            self._session = onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                                         session_options(threads),
                                                          providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
             raise ValueError(f"{self.model_path}: cannot load as an ONNX model ({type(error).__name__}: {error})") \

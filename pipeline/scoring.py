@@ -98,12 +98,13 @@ class Scorer:
     @classmethod
     def load(cls, run_dir: str | os.PathLike, detector: str | None = None, detect: bool = True,
              unknown_threshold: float | None = None, max_objects: int = 10, score_threshold: float | None = None,
-             limits: ImageLimits = ImageLimits()) -> "Scorer":
+             limits: ImageLimits = ImageLimits(), detector_runtime: str | None = None) -> "Scorer":
         """Load the bundle in `run_dir` and (unless `detect=False`) the detector it was cropped with.
 
         `detector` overrides the detector named in the bundle's crop config; `max_objects`
         caps the objects scored per photo (training may keep only the best one); a
-        `score_threshold` overrides the crop config's.
+        `score_threshold` overrides the crop config's; `detector_runtime` ("tensorflow" or
+        "onnx") the crop config's runtime.
         """
         from detcrop.classify.bundle import load_bundle
         from detcrop.detect.crop import CropConfig
@@ -117,6 +118,8 @@ class Scorer:
             runtime["detector"] = str(detector)
         if score_threshold is not None:
             runtime["score_threshold"] = score_threshold
+        if detector_runtime is not None:
+            runtime["runtime"] = detector_runtime
         crop_config = build_config(CropConfig, {**saved, **runtime})
         threshold = unknown_threshold
         if threshold is None:
@@ -130,7 +133,7 @@ class Scorer:
         if detect:
             from detcrop.detect.base import load_detector
 
-            loaded_detector = load_detector(crop_config.detector)
+            loaded_detector = load_detector(crop_config.detector, crop_config.runtime)
         return cls(bundle=bundle, detector=loaded_detector, crop_config=crop_config,
                    unknown_threshold=float(threshold), limits=limits)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from detcrop.detect.base import DEFAULT_DETECTOR, KNOWN_DETECTORS
+from detcrop.detect.base import DEFAULT_DETECTOR, DEFAULT_RUNTIME, KNOWN_DETECTORS, RUNTIMES
 from detcrop.detect.geometry import SQUARE_MODES
 
 # CropConfig lives in detect.crop, which imports only numpy/Pillow/tqdm: cheap enough for --help.
@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "options given on the command line override it")
     parser.add_argument("--detector", help=f"{' or '.join(KNOWN_DETECTORS)}, a TF Hub handle, a SavedModel "
                         f"folder or a frozen .pb graph (default {DEFAULT_DETECTOR})")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="detector runtime: tensorflow, or onnx (ONNX Runtime; "
+                        f"the SSD graph is converted once and cached) (default {DEFAULT_RUNTIME})")
     parser.add_argument("--target", action="append", help="COCO class name or id to crop; repeat or use commas "
                         f"(default {','.join(defaults.targets)})")
     parser.add_argument("--score-threshold", type=float, help=f"minimum box score (default {defaults.score_threshold})")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         "detector": args.detector, "targets": targets, "score_threshold": args.score_threshold,
         "margin": args.margin, "square": args.square, "min_size": args.min_size,
         "max_crops_per_photo": args.max_crops, "on_empty": args.on_empty, "jpeg_quality": args.jpeg_quality,
-        "workers": args.workers,
+        "workers": args.workers, "runtime": args.runtime,
     }
     config = build_config(CropConfig, {key: value for key, value in overrides.items() if value is not None}, base)
     summary = crop_photos(args.input, args.out, config, label=args.label, progress=not (args.quiet or args.json))

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"[2/4] detcrop crop {photos} --out {dataset}")
     crop_config = CropConfig()
-    detector = load_detector(crop_config.detector)
+    detector = load_detector(crop_config.detector, crop_config.runtime)
     summary = crop_photos(photos, dataset, crop_config, detector=detector, progress=progress)
     print(f"      photos {summary.photos_seen}, cropped {summary.cropped}, empty {summary.empty}, failed {summary.failed}")
 
