@@ -190,3 +190,14 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
         f"(https://...), a SavedModel directory with the TF Hub object-detection signature, a "
         f"frozen graph .pb file or an .onnx file with the TF OD API outputs; {path.resolve()} does not exist"
     )
+
+
+def load_configured_detector(name_or_path: str | os.PathLike, runtime: str = DEFAULT_RUNTIME) -> Detector:
+    """`load_detector(name_or_path, runtime)`, called with one argument for the default runtime.
+
+    Drivers call this, so a one-argument stand-in for `load_detector` (a test's fake
+    detector) keeps working with the default runtime.
+    """
+    if runtime == DEFAULT_RUNTIME:
+        return load_detector(name_or_path)
+    return load_detector(name_or_path, runtime=runtime)

@@ -131,9 +131,9 @@ class Scorer:
             raise ValueError(f"unknown threshold must be in [0, 1], got {threshold}")
         loaded_detector = None
         if detect:
-            from detcrop.detect.base import load_detector
+            from detcrop.detect.base import load_configured_detector
 
-            loaded_detector = load_detector(crop_config.detector, crop_config.runtime)
+            loaded_detector = load_configured_detector(crop_config.detector, crop_config.runtime)
         return cls(bundle=bundle, detector=loaded_detector, crop_config=crop_config,
                    unknown_threshold=float(threshold), limits=limits)
 

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from detcrop.classify.reports import format_summary
     from detcrop.classify.training import make_train_config, train
-    from detcrop.detect.base import load_detector
+    from detcrop.detect.base import load_configured_detector
     from detcrop.detect.crop import CropConfig, crop_photos
     from detcrop.pipeline.demo_scenes import write_demo_photos
     from detcrop.pipeline.prediction_outputs import format_table, score_photos
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"[2/4] detcrop crop {photos} --out {dataset}")
     crop_config = CropConfig()
-    detector = load_detector(crop_config.detector, crop_config.runtime)
+    detector = load_configured_detector(crop_config.detector, crop_config.runtime)
     summary = crop_photos(photos, dataset, crop_config, detector=detector, progress=progress)
     print(f"      photos {summary.photos_seen}, cropped {summary.cropped}, empty {summary.empty}, failed {summary.failed}")
 
