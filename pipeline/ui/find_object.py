@@ -56,9 +56,9 @@ class ObjectFinder:
         config = crop_config_for(target)
         with self._lock:
             if self._detector is None:
-                from detcrop.detect.base import load_detector
+                from detcrop.detect.base import load_configured_detector
 
-                self._detector = load_detector(config.detector)
+                self._detector = load_configured_detector(config.detector, config.runtime)
             outcome = crop_photo(image, config, self._detector, source=source, label=label)
         if outcome.status != STATUS_CROPPED:
             raise ObjectNotCropped(outcome.reason or outcome.status)
