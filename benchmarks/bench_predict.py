@@ -47,7 +47,7 @@ def main() -> int:
     load_seconds = time.perf_counter() - start
     images = [load_image_array(path) for path in paths]
     model, size = scorer.bundle.model, scorer.bundle.input_size
-    tta = bool(scorer.bundle.metadata.get("tta_flip", False))
+    tta = scorer.bundle.metadata.tta_flip
     crops = [[crop.image for crop in crop_detections(image, scorer.detector.detect(image), scorer.crop_config)]
              for image in images]
     batches = [resize_images(found, size) if found else None for found in crops]
@@ -78,7 +78,7 @@ def main() -> int:
 
     objects = sum(len(found) for found in crops)
     print(f"photos: {len(paths)} from {args.photos}; objects classified: {objects}; run: {args.run} "
-          f"({scorer.bundle.metadata.get('backbone')}, {size} px, flip TTA {'on' if tta else 'off'})")
+          f"({scorer.bundle.metadata.backbone}, {size} px, flip TTA {'on' if tta else 'off'})")
     print(f"{'measure':<44}{'ms/photo':>10}")
     print(f"{'raw: detector + classifier forward':<44}{figures['raw'] * 1000:>10.1f}")
     print(f"{'pipeline: Scorer.score (read..classify)':<44}{figures['pipeline'] * 1000:>10.1f}")

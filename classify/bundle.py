@@ -15,10 +15,11 @@ the target size is exactly the identity, so the result equals a per-image call.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -77,12 +78,95 @@ def resize_images(images: Sequence[np.ndarray], input_size: int, layer=None) -> 
     return batch
 
 
+class BundleError(DetcropError, ValueError):
+    """A bundle.json that is not what `save_bundle` writes (unknown or missing keys, wrong types)."""
+
+
+@dataclass(frozen=True)
+class BundleMetadata:
+    """What travels with the weights: bundle.json, read and validated in one place (`from_dict`).
+
+    Like timm's `PretrainedCfg`: label names, input size and how the weights were made go with
+    the model, so scoring needs nothing else.
+    """
+
+    class_names: tuple[str, ...]  # label index -> class name (sorted folder names)
+    input_size: int  # side of the square image the backbone sees
+    backbone: str  # registry name, or the baseline's CNN name
+    weights_source: str  # exactly which weights the base started from
+    metrics: dict  # accuracy, macro_f1, weighted_f1, samples on the val (or test) split
+    config: dict  # the resolved training config
+    bundle_version: int = BUNDLE_VERSION  # bumped when a field changes meaning
+    versions: dict = field(default_factory=library_versions)  # tf, keras, numpy, detcrop (and keras_backend)
+    tta_flip: bool = False  # predictions average each image with its mirror, as the metrics were measured
+    unknown_threshold: float | None = None  # predict says "unknown" under this top probability
+    crop_config: dict | None = None  # the dataset's crop_config.json: predict crops new photos the same way
+    dataset: str | None = None  # the dataset it was trained on
+    color: str | None = None  # the baseline's note on how RGB photos reach a grayscale model
+
+    def __post_init__(self) -> None:
+        names = self.class_names
+        if not names or not all(isinstance(name, str) and name for name in names) or len(set(names)) != len(names):
+            raise BundleError(f"class_names must be distinct non-empty strings, got {list(names)!r}")
+        checks = (
+            ("input_size", isinstance(self.input_size, int) and not isinstance(self.input_size, bool)
+             and self.input_size >= 1, "a positive integer"),
+            ("backbone", isinstance(self.backbone, str), "a string"),
+            ("weights_source", isinstance(self.weights_source, str), "a string"),
+            ("metrics", isinstance(self.metrics, dict), "an object"),
+            ("config", isinstance(self.config, dict), "an object"),
+            ("bundle_version", isinstance(self.bundle_version, int) and 1 <= self.bundle_version <= BUNDLE_VERSION,
+             f"an integer from 1 to {BUNDLE_VERSION} (a newer detcrop wrote this bundle?)"),
+            ("versions", isinstance(self.versions, dict), "an object"),
+            ("tta_flip", isinstance(self.tta_flip, bool), "true or false"),
+            ("unknown_threshold", self.unknown_threshold is None or (
+                isinstance(self.unknown_threshold, (int, float)) and not isinstance(self.unknown_threshold, bool)
+                and 0.0 <= self.unknown_threshold <= 1.0), "null or a number in [0, 1]"),
+            ("crop_config", self.crop_config is None or isinstance(self.crop_config, dict), "null or an object"),
+            ("dataset", self.dataset is None or isinstance(self.dataset, str), "null or a string"),
+            ("color", self.color is None or isinstance(self.color, str), "null or a string"),
+        )
+        for name, passed, expected in checks:
+            if not passed:
+                raise BundleError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | os.PathLike = BUNDLE_NAME) -> "BundleMetadata":
+        """Validate `data` (a parsed bundle.json); every error names `source` and the key."""
+        known = [item.name for item in fields(cls)]
+        unknown = [key for key in data if key not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                nearest = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {nearest[0]!r}?)" if nearest else ""))
+            raise BundleError(f"{source}: unknown keys {', '.join(hints)}; known keys: {', '.join(known)}")
+        missing = [key for key in REQUIRED_KEYS if key not in data]
+        if missing:
+            raise BundleError(f"{source}: missing keys {', '.join(missing)}; required keys: {', '.join(REQUIRED_KEYS)}")
+        values = dict(data)
+        if isinstance(values["class_names"], (list, tuple)):
+            values["class_names"] = tuple(values["class_names"])
+        else:
+            raise BundleError(f"{source}: class_names must be a list of names, got {values['class_names']!r}")
+        try:
+            return cls(**values)
+        except BundleError as error:
+            raise BundleError(f"{source}: {error}") from None
+
+    def to_dict(self) -> dict:
+        """The JSON object bundle.json holds (optional keys left out when unset)."""
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
+        data["class_names"] = list(self.class_names)
+        return {key: value for key, value in data.items() if value is not None}
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A loaded bundle: the Keras model and what travels with it."""
 
     model: Any  # keras.Model: (None, None, 3) pixels 0..255 -> (classes,) probabilities
-    metadata: dict = field(repr=False)  # the parsed bundle.json
+    metadata: BundleMetadata = field(repr=False)  # bundle.json, validated
     class_names: tuple[str, ...]  # label index -> class name (sorted folder names)
     input_size: int  # side of the square image the backbone sees
 
@@ -93,7 +177,7 @@ class Bundle:
         probabilities with its mirror's, as the metrics in bundle.json were measured.
         """
         if tta_flip is None:
-            tta_flip = bool(self.metadata.get("tta_flip", False))
+            tta_flip = self.metadata.tta_flip
         return predict_images(self.model, images, self.input_size, tta_flip, batch_size)
 
 
@@ -114,29 +198,19 @@ def predict_images(model, images: Sequence[np.ndarray], input_size: int, tta_fli
     return np.concatenate(outputs).astype(np.float32)
 
 
-def save_bundle(run_dir: str | os.PathLike, model, metadata: dict) -> Path:
+def save_bundle(run_dir: str | os.PathLike, model, metadata: dict | BundleMetadata) -> Path:
     """Write ``run_dir/model.keras`` then ``run_dir/bundle.json``, each atomically; returns run_dir.
 
-    `metadata` must hold class_names, input_size, backbone, weights_source, metrics and config;
-    versions (tf, keras, numpy, detcrop) are filled in when absent. Optional keys:
-    crop_config (the dataset's crop_config.json, so stage three crops new photos the same
-    way) and unknown_threshold. bundle.json is written last, so its presence means the
-    model beside it is complete.
+    `metadata` is a `BundleMetadata` or a dict of its fields (class_names, input_size, backbone,
+    weights_source, metrics and config required; versions filled in when absent). bundle.json
+    is written last, so its presence means the model beside it is complete.
     """
     run_dir = Path(run_dir)
-    missing = [key for key in REQUIRED_KEYS if key not in metadata]
-    if missing:
-        raise ValueError(f"bundle metadata lacks {', '.join(missing)}; required keys: {', '.join(REQUIRED_KEYS)}")
+    if not isinstance(metadata, BundleMetadata):
+        metadata = BundleMetadata.from_dict(dict(metadata), "bundle metadata")
     classes = int(model.output_shape[-1])
-    if classes != len(metadata["class_names"]):
-        raise ValueError(
-            f"model has {classes} outputs but metadata names {len(metadata['class_names'])} classes"
-        )
-    metadata = dict(metadata)
-    metadata.setdefault("versions", library_versions())
-    metadata["bundle_version"] = BUNDLE_VERSION
-    metadata["class_names"] = list(metadata["class_names"])
-    metadata["input_size"] = int(metadata["input_size"])
+    if classes != len(metadata.class_names):
+        raise BundleError(f"model has {classes} outputs but metadata names {len(metadata.class_names)} classes")
     run_dir.mkdir(parents=True, exist_ok=True)
     # Keras insists on the .keras suffix, so the temporary name keeps it.
     descriptor, temporary = tempfile.mkstemp(prefix=f".{MODEL_NAME}.", suffix=".part.keras", dir=run_dir)
@@ -148,7 +222,7 @@ def save_bundle(run_dir: str | os.PathLike, model, metadata: dict) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    atomic_write_json(run_dir / BUNDLE_NAME, metadata)
+    atomic_write_json(run_dir / BUNDLE_NAME, metadata.to_dict())
     return run_dir
 
 
@@ -172,8 +246,8 @@ def mark_complete(run_dir: str | os.PathLike) -> None:
     (Path(run_dir) / INCOMPLETE_NAME).unlink(missing_ok=True)
 
 
-def read_bundle_metadata(run_dir: str | os.PathLike) -> dict:
-    """The parsed ``bundle.json`` of `run_dir` (no TensorFlow needed)."""
+def read_bundle_metadata(run_dir: str | os.PathLike) -> BundleMetadata:
+    """The validated ``bundle.json`` of `run_dir` (no TensorFlow needed)."""
     run_dir = Path(run_dir)
     path = run_dir / BUNDLE_NAME
     if not run_dir.is_dir():
@@ -184,13 +258,7 @@ def read_bundle_metadata(run_dir: str | os.PathLike) -> dict:
             "killed or cancelled before the new bundle was written; rerun `detcrop train` into it to finish it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: bundle metadata not found; is {run_dir} a finished `detcrop train` run?")
-    metadata = read_json_object(path, "bundle metadata")
-    missing = [key for key in REQUIRED_KEYS if key not in metadata]
-    if missing:
-        raise ValueError(f"{path}: missing keys {', '.join(missing)}")
-    if metadata.get("bundle_version", BUNDLE_VERSION) > BUNDLE_VERSION:
-        raise ValueError(f"{path}: bundle version {metadata['bundle_version']} is newer than {BUNDLE_VERSION}")
-    return metadata
+    return BundleMetadata.from_dict(read_json_object(path, "bundle metadata"), path)
 
 
 def load_bundle(run_dir: str | os.PathLike) -> Bundle:
@@ -208,9 +276,7 @@ def load_bundle(run_dir: str | os.PathLike) -> Bundle:
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    class_names = tuple(metadata["class_names"])
-    if int(model.output_shape[-1]) != len(class_names):
-        raise ValueError(
-            f"{model_path}: model has {model.output_shape[-1]} outputs but {BUNDLE_NAME} names {len(class_names)} classes"
-        )
-    return Bundle(model=model, metadata=metadata, class_names=class_names, input_size=int(metadata["input_size"]))
+    if int(model.output_shape[-1]) != len(metadata.class_names):
+        raise BundleError(f"{model_path}: model has {model.output_shape[-1]} outputs but {BUNDLE_NAME} names "
+                          f"{len(metadata.class_names)} classes")
+    return Bundle(model=model, metadata=metadata, class_names=metadata.class_names, input_size=metadata.input_size)

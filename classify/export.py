@@ -114,7 +114,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, export
         atomic_write_json(staging / EXPORT_META_NAME, {
             "format": export_format, "quantized": quantize, "model": model_name, "input": input_spec,
             "output": {"dtype": "float32", "shape": [None, len(bundle.class_names)], "meaning": "probabilities"},
-            "class_names": list(bundle.class_names), "bundle": bundle.metadata,
+            "class_names": list(bundle.class_names), "bundle": bundle.metadata.to_dict(),
         })
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -110,7 +110,7 @@ class Scorer:
         from detcrop.detect.crop import CropConfig
 
         bundle = load_bundle(run_dir)
-        saved = dict(bundle.metadata.get("crop_config") or {})
+        saved = dict(bundle.metadata.crop_config or {})
         if detect and not saved:
             logger.warning("%s: bundle has no crop_config (not trained on detcrop crops); using crop defaults", run_dir)
         runtime = {"max_crops_per_photo": max_objects, "on_empty": "record"}
@@ -123,7 +123,7 @@ class Scorer:
         crop_config = build_config(CropConfig, {**saved, **runtime})
         threshold = unknown_threshold
         if threshold is None:
-            threshold = bundle.metadata.get("unknown_threshold")
+            threshold = bundle.metadata.unknown_threshold
         if threshold is None:
             threshold = FALLBACK_UNKNOWN_THRESHOLD
             logger.warning("%s: bundle has no unknown_threshold; using %.2f", run_dir, threshold)

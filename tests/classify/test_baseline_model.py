@@ -139,7 +139,7 @@ def test_run_writes_reports_and_a_bundle_that_predicts_like_the_trained_model(tm
 
     bundle = load_bundle(run_dir)
     assert bundle.class_names == ("dark", "mid", "bright") and bundle.input_size == 28
-    assert bundle.metadata["backbone"] == f"{recipe}_cnn"
+    assert bundle.metadata.backbone == f"{recipe}_cnn"
     rgb = np.repeat(data.x_test, 3, axis=-1) if channels == 1 else data.x_test
     loaded = bundle.predict(list(rgb))
     expected = json.loads((run_dir / "metrics.json").read_text())

@@ -207,7 +207,7 @@ def test_bundle_carries_the_unknown_threshold_of_its_val_predictions(trained):
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     probabilities = bundle.predict([load_image_array(path) for path in split["val"]])
     labels = np.array([bundle.class_names.index(path.split("/")[-2]) for path in split["val"]])
-    threshold = bundle.metadata["unknown_threshold"]
+    threshold = bundle.metadata.unknown_threshold
     assert 1 / 3 <= threshold <= 1
     assert threshold == pytest.approx(choose_unknown_threshold(probabilities, labels), abs=1e-3)
 
