@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_text
-from detcrop.pipeline.scoring import PhotoResult, Scorer
+from detcrop.pipeline.scoring import REGION_WHOLE_IMAGE, REGION_WHOLE_PHOTO, PhotoResult, Scorer
 
 #: Bumped when the JSON layout changes meaning.
 PREDICTIONS_SCHEMA_VERSION = 1
@@ -36,18 +36,18 @@ def write_csv(path: str | os.PathLike, results: Sequence[PhotoResult], class_nam
     """One row per object (and one per photo without any), a probability column per class."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "object", "label", "top_class", "top_probability", "detector_score",
+    writer.writerow(["path", "object", "label", "top_class", "top_probability", "detector_score", "region",
                      "x_min", "y_min", "x_max", "y_max", *[f"p_{name}" for name in class_names], "note"])
     for result in results:
         if not result.objects:
-            writer.writerow([result.path, "", "", "", "", "", "", "", "", "", *[""] * len(class_names),
+            writer.writerow([result.path, "", "", "", "", "", "", "", "", "", "", *[""] * len(class_names),
                              result.error or result.note or "no object"])
         for index, item in enumerate(result.objects):
             box = item.box or item.crop_box
             writer.writerow([result.path, index, item.label, item.top_class, f"{item.top_probability:.4f}",
-                             "" if item.detector_score is None else f"{item.detector_score:.4f}",
+                             "" if item.detector_score is None else f"{item.detector_score:.4f}", item.region,
                              *[f"{value:g}" for value in box],
-                             *[f"{item.probabilities[name]:.4f}" for name in class_names], ""])
+                             *[f"{item.probabilities[name]:.4f}" for name in class_names], result.note or ""])
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -62,7 +62,8 @@ def format_table(results: Sequence[PhotoResult], max_width: int = 40) -> str:
             rows.append((name, "-", "ERROR" if result.error else "no object", "", "",
                          (result.error or result.note or "")[:60]))
         for index, item in enumerate(result.objects):
-            box = "whole photo" if item.box is None else ",".join(f"{value:.0f}" for value in item.box)
+            box = {REGION_WHOLE_PHOTO: "whole photo (nothing detected)", REGION_WHOLE_IMAGE: "whole photo"}.get(
+                item.region) or ",".join(f"{value:.0f}" for value in item.box)
             rows.append((name, str(index), item.label if item.label == item.top_class
                          else f"{item.label} ({item.top_class}?)", f"{item.top_probability:.3f}",
                          "" if item.detector_score is None else f"{item.detector_score:.2f}", box))
@@ -113,6 +114,11 @@ def plot_photo(path: str | os.PathLike, image, result: PhotoResult, class_names:
     photo_axis.imshow(image)
     photo_axis.set_axis_off()
     photo_axis.set_title(Path(result.path).name[:40], fontsize=9)
+    if any(item.region == REGION_WHOLE_PHOTO for item in objects):
+        photo_axis.set_xlabel(f"whole photo scored: {result.note}"[:70], fontsize=8)
+        photo_axis.set_axis_on()
+        photo_axis.set_xticks([])
+        photo_axis.set_yticks([])
     for index, item in enumerate(objects):
         if item.box is not None:
             x0, y0, x1, y1 = item.box
@@ -131,7 +137,8 @@ def plot_photo(path: str | os.PathLike, image, result: PhotoResult, class_names:
         axis.set_yticks(range(len(class_names)), labels=class_names, fontsize=8)
         axis.invert_yaxis()
         axis.set_xlim(0, 1)
-        axis.set_title(f"object {index}: {item.label} ({item.top_probability:.2f})", fontsize=9)
+        where = " - whole photo, nothing detected" if item.region == REGION_WHOLE_PHOTO else ""
+        axis.set_title(f"object {index}: {item.label} ({item.top_probability:.2f}){where}", fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)

@@ -6,6 +6,12 @@ cuts each one exactly as the bundle's training crops were cut (the dataset's
 batch and returns a `PhotoResult`. With `detect=False` the whole photo is classified, for
 data that is already cropped.
 
+A photo with no detection is handled as the training crops were: when the dataset was cropped
+with ``on_empty: whole-photo`` (the bundle's ``crop_config``), the classifier was trained on
+whole photos for such cases, so the whole photo is scored and the object says so
+(``region="whole-photo"``, a note naming why); with ``on_empty: record`` the photo has no
+object. ``Scorer.load(on_empty=...)`` (``predict --on-empty``) overrides the policy either way.
+
 The beginner's questions (as in block-coding tools) are methods of `PhotoResult`:
 `top_class()`, `confidence(name)` and `is_class(name)`.
 """
@@ -30,6 +36,10 @@ logger = logging.getLogger(__name__)
 UNKNOWN = "unknown"
 #: Used when a bundle carries no threshold chosen on validation data.
 FALLBACK_UNKNOWN_THRESHOLD = 0.5
+#: What `ObjectResult.region` says about the region that was classified.
+REGION_DETECTION = "detection"  # a detector box, cut with the training crop settings
+REGION_WHOLE_PHOTO = "whole-photo"  # nothing detected; the whole photo, as on_empty=whole-photo trained it
+REGION_WHOLE_IMAGE = "whole-image"  # no detector at all (detect=False): the image as given
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class ObjectResult:
     label: str  # top class, or "unknown" when its probability is under the threshold
     top_class: str  # top class regardless of the threshold
     top_probability: float
+    region: str = REGION_DETECTION  # REGION_DETECTION, REGION_WHOLE_PHOTO (no detection) or REGION_WHOLE_IMAGE
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -55,7 +66,7 @@ class PhotoResult:
     path: str
     objects: tuple[ObjectResult, ...] = ()
     error: str | None = None  # the photo could not be read (the reason)
-    note: str | None = None  # why no object was found, when none was
+    note: str | None = None  # why no object was detected, when none was (also when the whole photo was scored)
     seconds: float = 0.0  # wall time spent on this photo (read, detect, crop, classify)
 
     def top_class(self) -> str | None:
@@ -98,13 +109,16 @@ class Scorer:
     @classmethod
     def load(cls, run_dir: str | os.PathLike, detector: str | None = None, detect: bool = True,
              unknown_threshold: float | None = None, max_objects: int = 10, score_threshold: float | None = None,
-             limits: ImageLimits = ImageLimits(), detector_runtime: str | None = None) -> "Scorer":
+             limits: ImageLimits = ImageLimits(), detector_runtime: str | None = None,
+             on_empty: str | None = None) -> "Scorer":
         """Load the bundle in `run_dir` and (unless `detect=False`) the detector it was cropped with.
 
         `detector` overrides the detector named in the bundle's crop config; `max_objects`
         caps the objects scored per photo (training may keep only the best one); a
         `score_threshold` overrides the crop config's; `detector_runtime` ("tensorflow" or
-        "onnx") the crop config's runtime.
+        "onnx") the crop config's runtime. `on_empty` ("record" or "whole-photo") overrides what
+        happens to a photo with no detection; None keeps the training crops' policy (the crop
+        config's ``on_empty``, "record" when the bundle has none).
         """
         from detcrop.classify.bundle import load_bundle
         from detcrop.detect.crop import CropConfig
@@ -113,7 +127,9 @@ class Scorer:
         saved = dict(bundle.metadata.crop_config or {})
         if detect and not saved:
             logger.warning("%s: bundle has no crop_config (not trained on detcrop crops); using crop defaults", run_dir)
-        runtime = {"max_crops_per_photo": max_objects, "on_empty": "record"}
+        runtime = {"max_crops_per_photo": max_objects}
+        if on_empty is not None:
+            runtime["on_empty"] = on_empty
         if detector is not None:
             runtime["detector"] = str(detector)
         if score_threshold is not None:
@@ -147,19 +163,25 @@ class Scorer:
 
         if self.detector is None:
             height, width = image.shape[:2]
-            regions = [(None, (0, 0, width, height), None, image)]
+            regions = [(None, (0, 0, width, height), None, image, REGION_WHOLE_IMAGE)]
             note = None
         else:
             detections = self.detector.detect(image)
             label_map = detector_label_map(self.detector)
             crops = crop_detections(image, detections, self.crop_config, label_map)
-            regions = [(crop.box, crop.crop_box, crop.score, crop.image) for crop in crops]
-            note = None if crops else describe_empty(detections, self.crop_config, label_map)
+            # A whole-photo crop (on_empty="whole-photo") is the only kind without a detector score.
+            regions = [(None, crop.crop_box, None, crop.image, REGION_WHOLE_PHOTO) if crop.score is None
+                       else (crop.box, crop.crop_box, crop.score, crop.image, REGION_DETECTION) for crop in crops]
+            note = None
+            if not crops or crops[0].score is None:
+                note = describe_empty(detections, self.crop_config, label_map)
+                if crops:
+                    note += "; scored the whole photo"
         if not regions:
             return [], note
         probabilities = self.bundle.predict([region[3] for region in regions], tta_flip=self.tta_flip)
         objects = []
-        for (box, crop_box, score, _), row in zip(regions, probabilities):
+        for (box, crop_box, score, _, region), row in zip(regions, probabilities):
             top = int(np.argmax(row))
             objects.append(ObjectResult(
                 box=None if box is None else tuple(round(float(value), 2) for value in box),
@@ -169,6 +191,7 @@ class Scorer:
                 label=self.class_names[top] if row[top] >= self.unknown_threshold else UNKNOWN,
                 top_class=self.class_names[top],
                 top_probability=round(float(row[top]), 6),
+                region=region,
             ))
         return objects, note
 

@@ -25,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--unknown-threshold", type=float,
                         help="label an object 'unknown' under this top probability (default: chosen on the "
                         "run's validation data, stored in bundle.json)")
+    parser.add_argument("--on-empty", choices=("record", "whole-photo"),
+                        help="a photo with no detection: 'whole-photo' scores the whole photo (marked so in every "
+                        "output), 'record' leaves it without an answer (default: as the training crops were made, "
+                        "the bundle's crop_config on_empty)")
     parser.add_argument("--score-threshold", type=float, help="detector score threshold (default: the crop config's)")
     parser.add_argument("--max-objects", type=int, default=10, help="objects scored per photo, best first (default 10)")
     parser.add_argument("--json", dest="json_path", help="write all results to this JSON file")
@@ -47,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-objects must be >= 1, got {args.max_objects}")
     scorer = Scorer.load(args.run, detector=args.detector, detect=not args.no_detect,
                          unknown_threshold=args.unknown_threshold, max_objects=args.max_objects,
-                         score_threshold=args.score_threshold, detector_runtime=args.runtime)
+                         score_threshold=args.score_threshold, detector_runtime=args.runtime,
+                         on_empty=args.on_empty)
     for name in (args.confidence_of, args.is_class):
         if name is not None and name not in scorer.class_names:
             raise ValueError(f"unknown class {name!r}; this run's classes are: {', '.join(scorer.class_names)}")

@@ -46,8 +46,7 @@ def scene(value: int | None, seed: int, size=(96, 72)) -> np.ndarray:
     return image
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def make_run(run, on_empty: str = "record"):
     """A tiny bundle whose model says 'light' for bright crops and 'dark' for dark ones."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((None, None, 3))
@@ -58,13 +57,32 @@ def run_dir(tmp_path_factory):
     model = keras.Model(inputs, outputs)
     # Mean brightness m in [0, 1]: logits (-8m + 4, 8m - 4) put 'light' above 0.5 when m > 0.5.
     model.layers[-1].set_weights([np.array([[-8 / 3, 8 / 3]] * 3, np.float32), np.array([4, -4], np.float32)])
-    run = tmp_path_factory.mktemp("run")
-    crop_config = config_to_dict(CropConfig(margin=0.0, square="none", min_size=8))
+    crop_config = config_to_dict(CropConfig(margin=0.0, square="none", min_size=8, on_empty=on_empty))
     save_bundle(run, model, {
         "class_names": list(CLASSES), "input_size": 16, "backbone": "test", "weights_source": "fixed",
         "metrics": {}, "config": {}, "crop_config": crop_config, "unknown_threshold": 0.6,
     })
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """Trained on crops made with on_empty=record: a photo with no detection has no answer."""
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def whole_photo_run(tmp_path_factory):
+    """Trained on crops made with on_empty=whole-photo: a photo with no detection is scored whole."""
+    return make_run(tmp_path_factory.mktemp("run-whole"), on_empty="whole-photo")
+
+
+@pytest.fixture()
+def fake_detector(monkeypatch):
+    from detcrop import detect
+    import detcrop.detect.base
+
+    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
 
 
 @pytest.fixture()
@@ -142,11 +160,13 @@ def test_predict_cli_json_csv_plot_and_questions(run_dir, photos, tmp_path, monk
     by_name = {entry["path"].split("/")[-1]: entry for entry in document["photos"]}
     assert set(by_name["light.png"]) == {"path", "error", "note", "seconds", "top_class", "objects"}
     assert set(by_name["light.png"]["objects"][0]) == {
-        "box", "crop_box", "detector_score", "probabilities", "label", "top_class", "top_probability"}
+        "box", "crop_box", "detector_score", "probabilities", "label", "top_class", "top_probability", "region"}
+    assert by_name["light.png"]["objects"][0]["region"] == "detection"
     assert by_name["broken.jpg"]["error"] and by_name["empty.png"]["objects"] == []
 
     rows = list(csv.DictReader(out_csv.open()))
     assert [row["label"] for row in rows] == ["dark", "light", "", ""]
+    assert [row["region"] for row in rows] == ["detection", "detection", "", ""]
     assert float(rows[1]["p_light"]) > 0.9
     assert sorted(path.name for path in plots.iterdir()) == ["dark.png", "empty.png", "light.png"]
     assert all(path.stat().st_size > 5000 for path in plots.iterdir())
@@ -159,6 +179,49 @@ def test_no_detect_classifies_whole_images(run_dir, tmp_path, capsys):
     (entry,) = json.loads((tmp_path / "o.json").read_text())["photos"]
     (item,) = entry["objects"]
     assert item["box"] is None and item["crop_box"] == [0, 0, 30, 20] and item["top_class"] == "light"
+    assert item["region"] == "whole-image"
+
+
+@pytest.mark.parametrize("trained, override, scored_whole", [
+    ("whole-photo", None, True),  # the training crop policy is honoured
+    ("record", None, False),
+    ("whole-photo", "record", False),  # the flag overrides it either way
+    ("record", "whole-photo", True),
+])
+def test_photo_without_detection_follows_the_training_crop_policy(tmp_path, photos, fake_detector, trained,
+                                                                  override, scored_whole):
+    scorer = Scorer.load(make_run(tmp_path / "run", on_empty=trained), on_empty=override)
+    empty = scorer.score(photos["empty"])
+    assert "no clock detected" in empty.note
+    if not scored_whole:
+        assert empty.objects == () and empty.top_class() is None
+        return
+    (item,) = empty.objects
+    assert item.region == "whole-photo" and item.box is None and item.detector_score is None
+    assert item.crop_box == (0, 0, 96, 72)  # square="none" in the bundle's crop config: the photo as it is
+    assert empty.top_class() is not None and item.top_class in CLASSES and "scored the whole photo" in empty.note
+    # A photo with a detection is unaffected by the policy.
+    (detected,) = scorer.score(photos["light"]).objects
+    assert detected.region == "detection" and detected.detector_score == pytest.approx(0.9)
+
+
+def test_whole_photo_fallback_is_marked_in_every_output(whole_photo_run, photos, tmp_path, fake_detector, capsys):
+    out_json, out_csv, plots = tmp_path / "p.json", tmp_path / "p.csv", tmp_path / "plots"
+    assert main(["predict", str(whole_photo_run), str(photos["empty"]), str(photos["light"]), "--json", str(out_json),
+                 "--csv", str(out_csv), "--plot", str(plots), "-q", "--which-class"]) == 0
+    printed = capsys.readouterr().out
+    assert "whole photo (nothing detected)" in printed and "class=nothing found" not in printed
+    entry = json.loads(out_json.read_text())["photos"][0]
+    assert entry["objects"][0]["region"] == "whole-photo" and "scored the whole photo" in entry["note"]
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [row["region"] for row in rows] == ["whole-photo", "detection"]
+    assert "scored the whole photo" in rows[0]["note"] and rows[1]["note"] == ""
+    assert sorted(path.name for path in plots.iterdir()) == ["empty.png", "light.png"]
+    # --on-empty record: the same photo is left without an answer, as before.
+    assert main(["predict", str(whole_photo_run), str(photos["empty"]), "--csv", str(out_csv), "-q",
+                 "--on-empty", "record"]) == 0
+    (row,) = csv.DictReader(out_csv.open())
+    assert row["label"] == "" and "no clock detected" in row["note"]
 
 
 @pytest.mark.parametrize("argv, message", [
