@@ -52,14 +52,20 @@ class ObjectFinder:
         self._detector = detector
         self._lock = threading.Lock()
 
-    def find(self, image: np.ndarray, target: str, label: str, source: str = "photo") -> FoundObject:
-        config = crop_config_for(target)
+    def detector(self):
+        """The detector, loaded on first use (the page's test step shares it)."""
         with self._lock:
             if self._detector is None:
                 from detcrop.detect.base import load_configured_detector
 
+                config = CropConfig()
                 self._detector = load_configured_detector(config.detector, config.runtime)
-            outcome = crop_photo(image, config, self._detector, source=source, label=label)
+            return self._detector
+
+    def find(self, image: np.ndarray, target: str, label: str, source: str = "photo") -> FoundObject:
+        detector = self.detector()
+        with self._lock:
+            outcome = crop_photo(image, crop_config_for(target), detector, source=source, label=label)
         if outcome.status != STATUS_CROPPED:
             raise ObjectNotCropped(outcome.reason or outcome.status)
         record, crop = outcome.records[0], outcome.files[0]

@@ -321,3 +321,33 @@ def test_ui_command_warns_when_binding_beyond_localhost(monkeypatch, tmp_path, c
     assert served == {"host": "127.0.0.1", "port": 9000} and "WARNING" not in capsys.readouterr().out
     assert main(["ui", "--project-dir", str(tmp_path / "p"), "--host", "0.0.0.0"]) == 0
     assert served["host"] == "0.0.0.0" and "WARNING: binding 0.0.0.0" in capsys.readouterr().out
+
+
+def test_find_the_object_first_with_the_offline_ssd_end_to_end(tmp_path, shared_data):
+    """The real detector crops the uploads; the model trained on them finds the object in new photos too."""
+    from detcrop.classify.bundle import read_bundle_metadata
+
+    watches = sorted((shared_data / "caltech-watch" / "watch").glob("*.jpg"))
+    scenes = sorted((shared_data / "caltech-watch" / "background").glob("*.jpg"))
+    with make_client(tmp_path / "project", tmp_path) as client:
+        assert client.patch("/api/project", json={"find_object": {"enabled": True}}).status_code == 200
+        client.post("/api/classes", json={"name": "watch"})
+        client.post("/api/classes", json={"name": "scene"})
+        # image_0019 is a watch the SSD calls a clock (0.996); background image_0016 has none.
+        body = client.post("/api/classes/watch/images", files=files_field([watches[9]])).json()
+        assert body["added"][0]["detection"]["whole_photo"] is False
+        x1, y1, x2, y2 = body["added"][0]["detection"]["box"]
+        assert 0 <= x1 < x2 <= 300 and 0 <= y1 < y2 <= 191
+        body = client.post("/api/classes/scene/images", files=files_field([scenes[0]])).json()
+        assert body["added"][0]["detection"]["whole_photo"] is True
+        client.post("/api/classes/watch/images", files=files_field(watches[:5]))
+        client.post("/api/classes/scene/images", files=files_field(scenes[1:6]))
+        assert client.post("/api/train", json={"epochs": 2, "val_ratio": 0.3}).status_code == 202
+        assert wait_for_training(client)["state"] == "done"
+        model = client.get("/api/project").json()["model"]
+        assert model["find_object"] is True
+        assert read_bundle_metadata(model["run_dir"])["crop_config"]["targets"] == ["clock"]
+        found = client.post("/api/predict", files=files_field([watches[9]], "file")).json()
+        assert found["whole_photo"] is False and found["box"] is not None
+        whole = client.post("/api/predict", files=files_field([scenes[0]], "file")).json()
+        assert whole["whole_photo"] is True and set(whole["confidences"]) == {"scene", "watch"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -21,14 +22,15 @@ class ScorerCache:
         self._key = None
         self._scorers = None
 
-    def get(self, run_dir: str, find_object: bool):
-        """(scorer, whole-photo scorer): the first detects when the model was trained on crops."""
+    def get(self, run_dir: str, find_object: bool, finder):
+        """(scorer, whole-photo scorer): the first detects (with `finder`'s detector, loaded once
+        for the page) when the model was trained on crops; the bundle is loaded once."""
         from detcrop.pipeline.scoring import Scorer
 
         with self._lock:
             if self._key != (run_dir, find_object):
-                whole = Scorer.load(run_dir, detect=False)
-                scorer = Scorer.load(run_dir, detect=True, max_objects=1) if find_object else whole
+                whole = Scorer.load(run_dir, detect=False, max_objects=1)
+                scorer = dataclasses.replace(whole, detector=finder.detector()) if find_object else whole
                 self._key, self._scorers = (run_dir, find_object), (scorer, whole)
             return self._scorers
 
@@ -45,7 +47,8 @@ def predict(request: Request, file: UploadFile = File(...)) -> dict:
         image = np.asarray(decoded, dtype=np.uint8)
     except UploadRefused as error:
         raise ProjectError(f"{file.filename or 'the file'}: {error.reason}", 400) from None
-    scorer, whole = request.app.state.scorers.get(model["run_dir"], bool(model.get("find_object")))
+    scorer, whole = request.app.state.scorers.get(model["run_dir"], bool(model.get("find_object")),
+                                                  request.app.state.finder)
     result = scorer.score_image(image, file.filename or "upload")
     if not result.objects and scorer is not whole:  # nothing found: classify the whole photo, as in training
         result = whole.score_image(image, file.filename or "upload")
