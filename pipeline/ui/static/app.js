@@ -135,8 +135,9 @@ function renderClasses() {
   }
 }
 
-async function uploadImages(className, files) {
-  if (!files || !files.length) return;
+async function uploadImages(className, fileList) {
+  const files = Array.from(fileList || []);  // a copy: the input's own list empties when it is reset
+  if (!files.length) return;
   const form = new FormData();
   for (const file of files) form.append("files", file, file.name);
   say($("classes-message"), `Adding ${files.length} image${files.length === 1 ? "" : "s"} to ${className}...`);
@@ -157,7 +158,10 @@ async function uploadImages(className, files) {
 function showDetections(files, entries) {
   const box = $("detections");
   box.replaceChildren();
-  const byName = new Map(Array.from(files).map((file) => [file.name, file]));
+  const caption = document.createElement("p");
+  caption.className = "hint";
+  caption.textContent = "Just added: the box is what the detector found; the crop inside it went into the class.";
+  const byName = new Map(files.map((file) => [file.name, file]));
   for (const entry of entries) {
     if (!entry.detection || !byName.has(entry.file)) continue;
     const [width, height] = entry.detection.photo_size;
@@ -166,7 +170,7 @@ function showDetections(files, entries) {
     if (entry.detection.box) {
       const [x1, y1, x2, y2] = entry.detection.box;
       svg.append(svgElement("rect", {x: x1, y: y1, width: x2 - x1, height: y2 - y1, fill: "none",
-                                     stroke: "#ffd400", "stroke-width": Math.max(2, width / 80)}));
+                                     stroke: "#ffd400", "stroke-width": Math.max(3, width / 40)}));
     }
     const title = svgElement("title", {}, entry.detection.box
       ? `found (score ${entry.detection.score.toFixed(2)}): the crop was added`
@@ -175,6 +179,7 @@ function showDetections(files, entries) {
     box.append(svg);
   }
   box.hidden = box.children.length === 0;
+  if (!box.hidden) box.prepend(caption);
 }
 
 async function addClass(event) {
