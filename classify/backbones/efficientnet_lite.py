@@ -38,6 +38,7 @@ from typing import IO, Any
 import keras
 import numpy as np
 
+from detcrop.data.errors import DetcropError
 from detcrop.data.packages import find_distribution_file
 
 #: Distribution that ships the ImageNet checkpoint.
@@ -181,13 +182,17 @@ class _StateDictUnpickler(pickle.Unpickler):
         return storage
 
 
+class CheckpointError(DetcropError, ValueError):
+    """A weights file that is not a readable, code-free PyTorch state_dict of the expected model."""
+
+
 def _tensors_to_numpy(state: Any, path: Path) -> dict[str, np.ndarray]:
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(state)}")
+        raise CheckpointError(f"{path}: expected a state_dict (a dict of tensors), got {type(state)}")
     arrays = {}
     for key, value in state.items():
         if not isinstance(value, _TensorRef):
-            raise ValueError(f"{path}: entry {key!r} is {type(value).__name__}, not a tensor")
+            raise CheckpointError(f"{path}: entry {key!r} is {type(value).__name__}, not a tensor")
         arrays[key] = value.to_numpy()
     return arrays
 
@@ -196,12 +201,12 @@ def _read_zip_checkpoint(path: Path) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
         pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
         if len(pickles) != 1:
-            raise ValueError(f"{path}: expected one */data.pkl in the zip, found {pickles}")
+            raise CheckpointError(f"{path}: expected one */data.pkl in the zip, found {pickles}")
         root = pickles[0][: -len("data.pkl")]
         if root + "byteorder" in archive.namelist():
             byteorder = archive.read(root + "byteorder").decode().strip()
             if byteorder != "little":
-                raise ValueError(f"{path}: byte order {byteorder!r} is not supported")
+                raise CheckpointError(f"{path}: byte order {byteorder!r} is not supported")
         unpickler = _StateDictUnpickler(io.BytesIO(archive.read(pickles[0])))
         state = unpickler.load()
         for storage in unpickler.storages.values():
@@ -220,11 +225,11 @@ def _read_legacy_checkpoint(path: Path) -> dict[str, np.ndarray]:
         except (pickle.UnpicklingError, EOFError, ValueError, IndexError):
             magic = None
         if magic != _LEGACY_MAGIC:
-            raise ValueError(f"{path}: not a PyTorch checkpoint (neither zip nor legacy magic)")
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither zip nor legacy magic)")
         safe(file).load()  # protocol version
         sys_info = safe(file).load()
         if not sys_info.get("little_endian", True):
-            raise ValueError(f"{path}: big-endian checkpoints are not supported")
+            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
         unpickler = _StateDictUnpickler(file)
         state = unpickler.load()
         storage_keys = safe(file).load()
@@ -233,7 +238,7 @@ def _read_legacy_checkpoint(path: Path) -> dict[str, np.ndarray]:
             (numel,) = struct.unpack("<q", file.read(8))
             raw = file.read(numel * storage.dtype.itemsize)
             if len(raw) != numel * storage.dtype.itemsize:
-                raise ValueError(f"{path}: truncated data for storage {key!r}")
+                raise CheckpointError(f"{path}: truncated data for storage {key!r}")
             storage.data = np.frombuffer(raw, dtype=storage.dtype)
     return _tensors_to_numpy(state, path)
 
@@ -250,13 +255,22 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         (conv weights ``[out, in, kh, kw]``).
 
     Raises:
-        pickle.UnpicklingError: the checkpoint holds anything but tensors.
-        ValueError: the file is not a little-endian PyTorch checkpoint of a state_dict.
+        CheckpointError: the checkpoint holds anything but tensors (a global that could run
+            code is refused before it is called), or the file is not a little-endian PyTorch
+            checkpoint of a state_dict.
     """
     path = Path(path)
-    if zipfile.is_zipfile(path):
-        return _read_zip_checkpoint(path)
-    return _read_legacy_checkpoint(path)
+    try:
+        if zipfile.is_zipfile(path):
+            return _read_zip_checkpoint(path)
+        return _read_legacy_checkpoint(path)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as error:  # a global or a storage that is not a tensor part
+        raise CheckpointError(f"{path}: refused, not a plain state_dict of tensors ({error})") from None
+    except (EOFError, KeyError, IndexError, TypeError, AttributeError, struct.error, zipfile.BadZipFile,
+            OSError) as error:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
 
 
 def lite0_preprocessing(name: str = "lite0_preprocessing") -> keras.layers.Rescaling:
@@ -388,7 +402,7 @@ def _load_state_dict(
 
     def take(key: str) -> np.ndarray:
         if key not in state:
-            raise ValueError(f"{path}: missing {key!r}; is it an EfficientNet-Lite0 checkpoint?")
+            raise CheckpointError(f"{path}: missing {key!r}; is it an EfficientNet-Lite0 checkpoint?")
         used.add(key)
         return state[key]
 
@@ -407,13 +421,13 @@ def _load_state_dict(
         expected = [tuple(weight.shape) for weight in layer.get_weights()]
         received = [value.shape for value in values]
         if expected != received:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: {prefix} has shapes {received}, layer {layer_name!r} expects {expected}"
             )
         layer.set_weights(values)
 
     unexpected = sorted(set(state) - used - {"_fc.weight", "_fc.bias"})
     if unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: checkpoint keys not used by EfficientNet-Lite0: {unexpected[:5]}"
         )

@@ -87,3 +87,25 @@ def test_a_retraining_killed_midway_leaves_a_run_every_command_refuses(tmp_path,
         assert "incomplete run" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert main(train_argv) == 0  # training again finishes the run
     assert main(["evaluate", str(run), str(data), "-q"]) == 0
+
+
+@pytest.mark.parametrize("payload", [
+    b"cos\nsystem\n(S'touch {marker}'\ntR.",  # a global that would run a shell command
+    b"c__builtin__\neval\n(S'open(\"{marker}\", \"w\")'\ntR.",
+])
+def test_a_weights_file_with_a_malicious_pickle_is_refused_in_one_line(tmp_path, capsys, payload):
+    """Issue 10 row 15: a zip-format .pth whose pickle calls a global: one line, exit 2, nothing run."""
+    import zipfile
+
+    data = _dataset(tmp_path / "data", per_class=2)
+    marker = tmp_path / "owned"
+    evil = tmp_path / "evil.pth"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("evil/data.pkl", payload.replace(b"{marker}", str(marker).encode()))
+    code = main(["train", str(data), "--out", str(tmp_path / "run"), "--weights", str(evil), "--image-size", "32",
+                 "--cache-dir", str(tmp_path / "cache"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{evil}: refused" in err and "refusing global" in err
+    assert not marker.exists()
