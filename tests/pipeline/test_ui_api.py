@@ -346,7 +346,7 @@ def test_find_the_object_first_with_the_offline_ssd_end_to_end(tmp_path, shared_
         assert wait_for_training(client)["state"] == "done"
         model = client.get("/api/project").json()["model"]
         assert model["find_object"] is True
-        assert read_bundle_metadata(model["run_dir"])["crop_config"]["targets"] == ["clock"]
+        assert read_bundle_metadata(model["run_dir"]).crop_config["targets"] == ["clock"]
         found = client.post("/api/predict", files=files_field([watches[9]], "file")).json()
         assert found["whole_photo"] is False and found["box"] is not None
         whole = client.post("/api/predict", files=files_field([scenes[0]], "file")).json()
