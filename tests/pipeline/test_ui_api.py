@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -252,8 +254,12 @@ def test_train_follow_predict_download_and_reopen(tmp_path, shared_data):
         bad = client.post("/api/predict", files=[("file", ("x.jpg", b"not an image", "image/jpeg"))])
         assert bad.status_code == 400 and "x.jpg" in bad.json()["error"]
 
-        download = client.get("/api/model/download?format=savedmodel")
-        assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
+        for export_format, model_file in (("savedmodel", "saved_model/saved_model.pb"), ("tflite", "model.tflite")):
+            download = client.get(f"/api/model/download?format={export_format}")
+            assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
+            with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
+                assert {model_file, "labels.txt", "export.json"} <= set(archive.namelist())
+                assert archive.read("labels.txt").decode().split() == list(BRANDS)
         assert client.get("/api/model/download?format=onnx").status_code == 422
 
     # An ordinary run folder: the command line works on it.
