@@ -6,6 +6,7 @@ import io
 import json
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,6 +267,7 @@ def test_train_follow_predict_download_and_reopen(tmp_path, shared_data):
     run_dir = model["run_dir"]
     assert load_bundle(run_dir).class_names == BRANDS
     assert main(["predict", run_dir, str(photo[0]), "--no-detect"]) == 0
+    assert main(["evaluate", run_dir, str(Path(run_dir) / "dataset")]) == 0
     # Reopened as it was.
     with make_client(project_dir, tmp_path) as client:
         project = client.get("/api/project").json()
