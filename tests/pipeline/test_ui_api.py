@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -274,6 +275,10 @@ def test_train_follow_predict_download_and_reopen(tmp_path, shared_data):
         assert [len(cls["images"]) for cls in project["classes"]] == [6, 6]
         assert project["model"]["run_dir"] == run_dir
         assert client.get("/api/train/status").json()["history"] == status["history"]
+        # A run folder removed by hand: a clear refusal, not a crash.
+        shutil.rmtree(run_dir)
+        response = client.post("/api/predict", files=files_field(photo, "file"))
+        assert response.status_code == 409 and "is gone" in response.json()["error"]
 
 
 def test_cancel_keeps_the_previous_state(tmp_path, shared_data):

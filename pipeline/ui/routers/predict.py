@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter, File, Request, UploadFile
@@ -47,6 +48,10 @@ def predict(request: Request, file: UploadFile = File(...)) -> dict:
         image = np.asarray(decoded, dtype=np.uint8)
     except UploadRefused as error:
         raise ProjectError(f"{file.filename or 'the file'}: {error.reason}", 400) from None
+    from detcrop.classify.bundle import BUNDLE_NAME
+
+    if not (Path(model["run_dir"]) / BUNDLE_NAME).is_file():
+        raise ProjectError(f"the model's run folder {model['run_dir']} is gone; train again", 409)
     scorer, whole = request.app.state.scorers.get(model["run_dir"], bool(model.get("find_object")),
                                                   request.app.state.finder)
     result = scorer.score_image(image, file.filename or "upload")
