@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 
 logger = logging.getLogger(__name__)
 
@@ -45,5 +46,12 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"detcrop ui: project {app.state.project.root}\nopen http://{shown}:{args.port}/ (Ctrl+C stops)",
           flush=True)
+    # Importing TensorFlow takes seconds; do it while the user makes classes and adds photos,
+    # not when they press Train.
+    threading.Thread(target=_import_tensorflow, name="detcrop-ui-warm-up", daemon=True).start()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
     return 0
+
+
+def _import_tensorflow() -> None:
+    import keras  # noqa: F401
