@@ -28,12 +28,8 @@ import numpy as np
 from detcrop.data.atomic import atomic_write_json, current_umask
 from detcrop.data.config import read_json_object
 from detcrop.data.errors import DetcropError
+from detcrop.data.layout import BUNDLE_NAME, INCOMPLETE_NAME, MODEL_NAME
 
-#: File names inside a run folder.
-MODEL_NAME = "model.keras"
-BUNDLE_NAME = "bundle.json"
-#: Present while `train` writes into the run folder: the run is not to be used (see `mark_incomplete`).
-INCOMPLETE_NAME = "INCOMPLETE"
 #: Bumped when a bundle.json field changes meaning; readers refuse newer versions.
 BUNDLE_VERSION = 1
 #: Keys `save_bundle` requires in the metadata.

@@ -41,14 +41,12 @@ from detcrop.data.config import ConfigError, build_config, config_to_dict
 from detcrop.data.errors import DetcropError
 from detcrop.data.folders import scan_class_folders
 from detcrop.data.images import ImageError, file_sha256, load_image_array
+from detcrop.data.layout import BACKUP_DIR, CONFIG_NAME, HISTORY_NAME, SPLIT_NAME
+from detcrop.data.locks import folder_lock
 from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
 
 logger = logging.getLogger(__name__)
 
-HISTORY_NAME = "history.json"
-CONFIG_NAME = "config.json"
-SPLIT_NAME = "split.json"
-BACKUP_DIR = "backup"
 #: Inside BACKUP_DIR: the commit point of the fine-tuning state (names the arrays files).
 BACKUP_STATE_NAME = "state.json"
 
@@ -751,54 +749,54 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     started = time.perf_counter()
     timings: dict[str, float] = {}
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    mark_incomplete(run_dir)  # first: an old bundle is never served under the new config.json
-    atomic_write_json(run_dir / CONFIG_NAME, config_to_dict(config))
+    with folder_lock(run_dir, "train"):  # a second train into this run exits naming the first
+        mark_incomplete(run_dir)  # first: an old bundle is never served under the new config.json
+        atomic_write_json(run_dir / CONFIG_NAME, config_to_dict(config))
 
-    examples, class_names, skipped = split_examples(dataset_dir, config)
+        examples, class_names, skipped = split_examples(dataset_dir, config)
 
-    tick = time.perf_counter()
-    extractor = build_extractor(config)
-    examples, features, unreadable, cache_counts = compute_features(examples, extractor, config, progress)
-    skipped += unreadable
-    timings["features"] = time.perf_counter() - tick
-    atomic_write_json(run_dir / SPLIT_NAME, {"train": [str(examples.paths[row]) for row in examples.train],
-                                             "val": [str(examples.paths[row]) for row in examples.val]})
-
-    history: dict[str, list] = {}
-    tick = time.perf_counter()
-    head = fit_head(config, examples, features, len(class_names), run_dir, history, callbacks)
-    timings["head"] = time.perf_counter() - tick
-
-    val_images = None
-    if config.fine_tune_layers > 0:
         tick = time.perf_counter()
-        # The val originals are loaded once: fine-tuning validates on them, the reports show them.
-        val_images, kept, unreadable = load_images([examples.paths[row] for row in examples.val])
-        if unreadable:  # changed since their features were computed
-            skipped += unreadable
-            gone = set(examples.val.tolist()) - set(examples.val[kept].tolist())
-            rows = [row for row in range(len(examples.paths)) if row not in gone]
-            examples, features = examples.keep(rows), {key: value[rows] for key, value in features.items()}
-        val_features = features["orig"][examples.val]
-        phase1_accuracy = float((np.asarray(head(val_features, training=False)).argmax(1)
-                                 == examples.labels[examples.val]).mean())
-        model, unreadable = fine_tune(config, extractor, head, examples, val_images, phase1_accuracy,
-                                      len(class_names), run_dir, history, callbacks, progress)
+        extractor = build_extractor(config)
+        examples, features, unreadable, cache_counts = compute_features(examples, extractor, config, progress)
         skipped += unreadable
-        timings["fine_tune"] = time.perf_counter() - tick
-    else:
-        model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
+        timings["features"] = time.perf_counter() - tick
+        atomic_write_json(run_dir / SPLIT_NAME, {"train": [str(examples.paths[row]) for row in examples.train],
+                                                 "val": [str(examples.paths[row]) for row in examples.val]})
 
-    probabilities = predict_val(config, model, head, examples, features, val_images)
-    timings["total"] = time.perf_counter() - started
-    metrics, metrics_with_context, report_paths = write_run_reports(
-        run_dir, config, examples, class_names, probabilities, history, val_images, {
-            "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
-            "timings_s": {key: round(value, 2) for key, value in timings.items()},
-            "feature_cache": cache_counts,
-        })
-    save_run_bundle(run_dir, dataset_dir, model, config, class_names, extractor.weights_source, metrics,
-                    probabilities, examples.labels[examples.val])
-    mark_complete(run_dir)
-    return TrainResult(run_dir, metrics_with_context, history, skipped, timings, report_paths)
+        history: dict[str, list] = {}
+        tick = time.perf_counter()
+        head = fit_head(config, examples, features, len(class_names), run_dir, history, callbacks)
+        timings["head"] = time.perf_counter() - tick
+
+        val_images = None
+        if config.fine_tune_layers > 0:
+            tick = time.perf_counter()
+            # The val originals are loaded once: fine-tuning validates on them, the reports show them.
+            val_images, kept, unreadable = load_images([examples.paths[row] for row in examples.val])
+            if unreadable:  # changed since their features were computed
+                skipped += unreadable
+                gone = set(examples.val.tolist()) - set(examples.val[kept].tolist())
+                rows = [row for row in range(len(examples.paths)) if row not in gone]
+                examples, features = examples.keep(rows), {key: value[rows] for key, value in features.items()}
+            val_features = features["orig"][examples.val]
+            phase1_accuracy = float((np.asarray(head(val_features, training=False)).argmax(1)
+                                     == examples.labels[examples.val]).mean())
+            model, unreadable = fine_tune(config, extractor, head, examples, val_images, phase1_accuracy,
+                                          len(class_names), run_dir, history, callbacks, progress)
+            skipped += unreadable
+            timings["fine_tune"] = time.perf_counter() - tick
+        else:
+            model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
+
+        probabilities = predict_val(config, model, head, examples, features, val_images)
+        timings["total"] = time.perf_counter() - started
+        metrics, metrics_with_context, report_paths = write_run_reports(
+            run_dir, config, examples, class_names, probabilities, history, val_images, {
+                "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+                "timings_s": {key: round(value, 2) for key, value in timings.items()},
+                "feature_cache": cache_counts,
+            })
+        save_run_bundle(run_dir, dataset_dir, model, config, class_names, extractor.weights_source, metrics,
+                        probabilities, examples.labels[examples.val])
+        mark_complete(run_dir)
+        return TrainResult(run_dir, metrics_with_context, history, skipped, timings, report_paths)

@@ -13,6 +13,8 @@ A run folder (`detcrop train`, `detcrop baseline`):
     RUN/model.keras             MODEL_NAME        the classifier, preprocessing inside
     RUN/bundle.json             BUNDLE_NAME       class names, input size, metrics, configs, versions
     RUN/config.json             CONFIG_NAME       the resolved training config
+    RUN/INCOMPLETE              INCOMPLETE_NAME   while training writes into RUN; predict & co. refuse it
+    RUN/backup/                 BACKUP_DIR        fine-tuning state per epoch (resume after a kill)
     RUN/split.json, history.json, metrics.json, classification_report.txt, *.png
 
 An export folder (`detcrop export`): EXPORT_META_NAME, LABELS_NAME, TFLITE_NAME.
@@ -41,6 +43,10 @@ CURVES_NAME = "curves.png"
 MISTAKES_NAME = "mistakes.png"
 TRAINING_LOG_NAME = "training_log.json"  # the from-scratch baseline's per-epoch log
 MODEL_SUMMARY_NAME = "model_summary.txt"  # the from-scratch baseline's Keras summary
+#: Present while `train` writes into a run folder (and after a killed or cancelled one): not to be used.
+INCOMPLETE_NAME = "INCOMPLETE"
+#: Fine-tuning state after each epoch, so a killed `train` resumes where it stopped.
+BACKUP_DIR = "backup"
 
 # ------------------------------------------------------------------ export folder
 EXPORT_META_NAME = "export.json"

@@ -109,3 +109,19 @@ def test_a_weights_file_with_a_malicious_pickle_is_refused_in_one_line(tmp_path,
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"{evil}: refused" in err and "refusing global" in err
     assert not marker.exists()
+
+
+def test_a_second_train_into_a_locked_run_folder_exits_2_naming_the_first(tmp_path, capsys):
+    """Issue 10 row 6 for `train`: the run folder is locked while a job writes into it."""
+    from detcrop.data.locks import folder_lock
+
+    data = _dataset(tmp_path / "data", per_class=3)
+    run = tmp_path / "run"
+    argv = ["train", str(data), "--out", str(run), "--backbone", "scratch", "--image-size", "32", "--epochs", "1",
+            "--val-ratio", "0.34", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    with folder_lock(run, "train"):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{run} is in use by `train`" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "config.json").exists()
+    assert main(argv) == 0  # the lock goes with its holder
