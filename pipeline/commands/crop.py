@@ -45,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"whole photo (default {defaults.on_empty})")
     parser.add_argument("--jpeg-quality", type=int, help=f"crop JPEG quality (default {defaults.jpeg_quality})")
     parser.add_argument("--workers", type=int, help=f"decoding threads (default {defaults.workers})")
+    engine = parser.add_argument_group("engine (where the job runs)")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process (default); ray: Ray Data, one detector per worker "
+                        "(pip install 'detcrop[ray]'); INPUT may then also be an s3:// or gs:// URI")
+    engine.add_argument("--ray-address", help="Ray cluster to join (auto, or ray://HOST:10001); default: start a "
+                        "local Ray with --ray-workers CPUs")
+    engine.add_argument("--ray-workers", type=int, default=2, help="detector actors (one CPU each; default 2)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)
 
@@ -65,7 +72,16 @@ def run(args: argparse.Namespace) -> int:
         "workers": args.workers, "runtime": args.runtime,
     }
     config = build_config(CropConfig, {key: value for key, value in overrides.items() if value is not None}, base)
-    summary = crop_photos(args.input, args.out, config, label=args.label, progress=not (args.quiet or args.json))
+    progress = not (args.quiet or args.json)
+    if args.engine == "ray":
+        from detcrop.detect.ray_engine import crop_photos_ray
+
+        summary = crop_photos_ray(args.input, args.out, config, label=args.label, progress=progress,
+                                  address=args.ray_address, workers=args.ray_workers)
+    else:
+        if args.ray_address:
+            raise ValueError("--ray-address needs --engine ray")
+        summary = crop_photos(args.input, args.out, config, label=args.label, progress=progress)
     print_skipped(summary.skipped)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))

@@ -1,0 +1,54 @@
+"""`detcrop crop --engine ray`: the same dataset as the local engine, on a local Ray (2 workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from detcrop.data.manifest import MANIFEST_NAME, read_manifest
+from detcrop.pipeline.cli import main
+
+
+def _files(dataset):
+    """{relative path: bytes} of every crop and the manifest (not the lock, the config or the summary)."""
+    return {path.relative_to(dataset).as_posix(): path.read_bytes() for path in sorted(dataset.rglob("*"))
+            if path.is_file() and (path.suffix == ".jpg" or path.name == MANIFEST_NAME)}
+
+
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    (tmp_path / "photos").mkdir()
+    code = main(["crop", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--engine", "ray"])
+    error = capsys.readouterr().err
+    assert code == 2 and "pip install 'detcrop[ray]'" in error and len(error.strip().splitlines()) == 1
+
+
+def test_ray_address_without_the_ray_engine_is_refused(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    assert main(["crop", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--ray-address", "auto"]) == 2
+    assert "--ray-address needs --engine ray" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_ray_engine_writes_the_local_engines_dataset_and_resumes(shared_data, tmp_path, monkeypatch):
+    pytest.importorskip("ray.data")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    photos = shared_data / "clock-scenes"
+    common = ["--runtime", "onnx", "--on-empty", "whole-photo", "-q"]
+    assert main(["crop", str(photos), "--out", str(tmp_path / "local"), *common]) == 0
+    assert main(["crop", str(photos), "--out", str(tmp_path / "ray"), "--engine", "ray", "--ray-workers", "2",
+                 *common]) == 0
+    local, distributed = _files(tmp_path / "local"), _files(tmp_path / "ray")
+    assert len(local) >= 29 and local.keys() == distributed.keys()
+    assert [name for name in local if local[name] != distributed[name]] == []  # byte for byte, manifest too
+
+    # A rerun from the same photos read through a pyarrow URI does no detection and adds nothing.
+    before = read_manifest(tmp_path / "ray" / MANIFEST_NAME)
+    assert main(["crop", f"file://{os.path.abspath(photos)}", "--out", str(tmp_path / "ray"), "--engine", "ray",
+                 *common]) == 0
+    assert read_manifest(tmp_path / "ray" / MANIFEST_NAME) == before
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert summary["skipped_done"] == 29 and summary["photos_seen"] == 29
