@@ -1,0 +1,117 @@
+"""TensorFlow vs ONNX Runtime vs Ray: the crop job and the detector on the same photos (not a test).
+
+    python benchmarks/bench_runtime.py [FOLDER ...] [--rounds 2] [--ray-workers 2] [--no-ray]
+
+FOLDERs default to ../shared/data/clock-scenes and ../shared/data/caltech-watch/watch. Prints:
+
+1. the raw SSD forward pass (`detect()` on pre-decoded photos, model loaded and warmed up)
+   per runtime, photos/s and CPU-ms per photo (process CPU time: what a photo costs on a
+   busy machine, where wall time depends on the neighbours);
+2. the whole crop job (read, hash, decode, detect, crop, encode, write, manifest) per engine
+   and runtime, beside the raw figure of its runtime as a ratio. Local jobs get the loaded
+   detector; Ray jobs include starting Ray and loading one detector per actor, as a user
+   running the command pays them.
+
+Every figure of one run is taken on the same photos in the same minutes, rounds interleaved,
+median reported: compare ratios within a run, not absolute numbers across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from detcrop.data.images import ImageError, is_image_path, load_image_array  # noqa: E402
+from detcrop.detect.base import load_detector  # noqa: E402
+from detcrop.detect.crop import CropConfig, crop_photos  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_FOLDERS = (SHARED / "clock-scenes", SHARED / "caltech-watch" / "watch")
+RUNTIMES = ("tensorflow", "onnx")
+
+
+def _timed(function) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of `function()`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="*", type=Path, default=list(DEFAULT_FOLDERS))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--ray-workers", type=int, default=2)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray jobs")
+    args = parser.parse_args(argv)
+    photos = sorted(path for folder in args.folders for path in folder.rglob("*") if path.is_file()
+                    and is_image_path(path))
+    images = []
+    for path in photos:
+        try:
+            images.append(load_image_array(path))
+        except ImageError as error:
+            print(f"skipped {error}", file=sys.stderr)
+    if not images:
+        print(f"no photos under {', '.join(map(str, args.folders))}", file=sys.stderr)
+        return 2
+    detectors = {runtime: load_detector("ssd-mobilenet-v2", runtime=runtime) for runtime in RUNTIMES}
+    for detector in detectors.values():
+        for image in images[:3]:  # graph optimisation happens on the first calls
+            detector.detect(image)
+
+    forward: dict[str, list[tuple[float, float]]] = {runtime: [] for runtime in RUNTIMES}
+    jobs: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_runtime_") as scratch:
+        inputs = Path(scratch) / "photos"
+        inputs.mkdir()
+        for number, path in enumerate(photos):  # one flat folder: the job sees exactly these photos
+            (inputs / f"{number:05d}_{path.name}").symlink_to(path.resolve())
+        for round_number in range(args.rounds):
+            for runtime, detector in detectors.items():
+                forward[runtime].append(_timed(lambda: [detector.detect(image) for image in images]))
+                out = Path(scratch) / f"local-{runtime}-{round_number}"
+                wall, _ = _timed(lambda: crop_photos(inputs, out, CropConfig(runtime=runtime), detector=detector,
+                                                     progress=False))
+                jobs.setdefault(f"local engine, {runtime}", []).append(len(photos) / wall)
+            if not args.no_ray:
+                from detcrop.detect.ray_engine import crop_photos_ray
+
+                for runtime in RUNTIMES:
+                    out = Path(scratch) / f"ray-{runtime}-{round_number}"
+                    wall, _ = _timed(lambda: crop_photos_ray(inputs, out, CropConfig(runtime=runtime),
+                                                             progress=False, workers=args.ray_workers))
+                    jobs.setdefault(f"ray engine, {args.ray_workers} workers, {runtime}", []).append(len(photos) / wall)
+
+    count = len(images)
+    rate = {runtime: statistics.median(count / wall for wall, _ in forward[runtime]) for runtime in RUNTIMES}
+    cpu_ms = {runtime: statistics.median(1000 * cpu / count for _, cpu in forward[runtime]) for runtime in RUNTIMES}
+    sizes = [image.shape[0] * image.shape[1] / 1e6 for image in images]
+    print(f"{count} photos ({statistics.median(sizes):.2f} MP median) from "
+          f"{', '.join(str(folder) for folder in args.folders)}; {args.rounds} rounds, median; "
+          f"{os.cpu_count()} CPUs; TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', '(unset)')}\n")
+    print("| raw SSD forward (pre-decoded) | photos/s | CPU ms/photo | speed vs TensorFlow |")
+    print("|---|---|---|---|")
+    for runtime in RUNTIMES:
+        print(f"| {runtime} | {rate[runtime]:.1f} | {cpu_ms[runtime]:.0f} | "
+              f"{rate[runtime] / rate['tensorflow']:.2f}x |")
+    print("\n| crop job | photos/s | raw forward of its runtime | job / raw | vs local TensorFlow job |")
+    print("|---|---|---|---|---|")
+    baseline = statistics.median(jobs["local engine, tensorflow"])
+    for name, rates in jobs.items():
+        job = statistics.median(rates)
+        runtime = name.rsplit(", ", 1)[-1]
+        print(f"| {name} | {job:.1f} | {rate[runtime]:.1f} | {job / rate[runtime]:.2f} | {job / baseline:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
