@@ -9,6 +9,8 @@
   resize layer and the caller resizes to S x S first (antialiased bilinear, as
   `classify.bundle.resize_images` does); `--quantize` applies dynamic-range quantization
   (int8 weights, float activations; about 4x smaller).
+- `onnx`: the same post-resize model as TFLite (float32 `[batch, S, S, 3]` raw 0..255 pixels,
+  resized by the caller), converted by tf2onnx for ONNX Runtime; probabilities out.
 
 Beside the model: `labels.txt` (one class name per line, in output order) and
 `export.json` (format, input spec, class names, the bundle's metadata).
@@ -26,10 +28,13 @@ import numpy as np
 
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, current_umask
 
-EXPORT_FORMATS = ("savedmodel", "tflite")
+EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
 LABELS_NAME = "labels.txt"
 EXPORT_META_NAME = "export.json"
 TFLITE_NAME = "model.tflite"
+ONNX_NAME = "model.onnx"
+#: ONNX opset of exported classifiers (ONNX Runtime 1.17+ runs it).
+ONNX_OPSET = 17
 SAVEDMODEL_DIR = "saved_model"
 
 
@@ -41,6 +46,27 @@ def _tflite_source_model(bundle):
 
     resize = bundle.model.get_layer(RESIZE_LAYER_NAME)
     return keras.Model(resize.output, bundle.model.output, name="detcrop_tflite")
+
+
+def onnx_classifier_bytes(bundle) -> bytes:
+    """The bundle's classifier after its resize layer as a serialized ONNX model (tf2onnx).
+
+    Input `pixels`: float32 `[batch, S, S, 3]`, raw 0..255 RGB already resized to the bundle's
+    input size (`classify.bundle.resize_images`); output: probabilities `[batch, classes]`.
+    """
+    import tensorflow as tf
+
+    try:
+        import tf2onnx
+    except ImportError:
+        raise ImportError("ONNX export needs tf2onnx and onnxruntime: pip install 'detcrop[export]'") from None
+    model = _tflite_source_model(bundle)
+    size = bundle.input_size
+    signature = [tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")]
+    # A tf.function with training=False (BatchNormalization in inference mode; see _write_saved_model).
+    function = tf.function(lambda pixels: model(pixels, training=False), input_signature=signature)
+    onnx_model, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
+    return onnx_model.SerializeToString()
 
 
 def _write_saved_model(model, path: Path, shape: list) -> None:
@@ -98,6 +124,12 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, export
             _write_saved_model(bundle.model, staging / SAVEDMODEL_DIR, [None, None, None, 3])
             model_name = SAVEDMODEL_DIR
             input_spec = {"dtype": "float32", "shape": [None, None, None, 3], "range": "0..255 RGB, any size"}
+        elif export_format == "onnx":
+            size = bundle.input_size
+            atomic_write_bytes(staging / ONNX_NAME, onnx_classifier_bytes(bundle))
+            model_name = ONNX_NAME
+            input_spec = {"dtype": "float32", "shape": [None, size, size, 3],
+                          "range": f"0..255 RGB, resized to {size}x{size} (antialiased bilinear) by the caller"}
         else:
             size = bundle.input_size
             intermediate = staging / ".tflite_source"
@@ -143,6 +175,11 @@ class ExportedModel:
         self.input_size = int(self.meta["bundle"]["input_size"])
         if self.meta["format"] == "savedmodel":
             self._saved = tf.saved_model.load(str(self.export_dir / self.meta["model"]))
+        elif self.meta["format"] == "onnx":
+            import onnxruntime
+
+            self._session = onnxruntime.InferenceSession(str(self.export_dir / self.meta["model"]),
+                                                         providers=["CPUExecutionProvider"])
         else:
             self._interpreter = tf.lite.Interpreter(model_path=str(self.export_dir / self.meta["model"]))
             self._interpreter.allocate_tensors()
@@ -155,6 +192,10 @@ class ExportedModel:
         for image in images:
             if self.meta["format"] == "savedmodel":
                 rows.append(np.asarray(self._saved.serve(np.asarray(image, np.float32)[None]))[0])
+            elif self.meta["format"] == "onnx":
+                batch = resize_images([image], self.input_size)
+                session = self._session
+                rows.append(session.run(None, {session.get_inputs()[0].name: batch})[0][0])
             else:
                 batch = resize_images([image], self.input_size)
                 interpreter = self._interpreter

@@ -8,12 +8,14 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export a trained run as a TF SavedModel or TFLite model, with labels.txt",
+        help="export a trained run as a TF SavedModel, TFLite or ONNX model, with labels.txt",
         description="SavedModel: raw 0..255 RGB images of any size in, probabilities out. TFLite: a fixed "
-        "[1, S, S, 3] raw-pixel input (resize first; see export.json). --quantize: dynamic-range int8 weights.",
+        "[1, S, S, 3] raw-pixel input (resize first; see export.json). ONNX: [batch, S, S, 3] raw pixels for ONNX "
+        "Runtime (resize first). --quantize: dynamic-range int8 weights.",
     )
     parser.add_argument("run", help="run folder written by `detcrop train`")
-    parser.add_argument("--format", dest="export_format", choices=("savedmodel", "tflite"), default="savedmodel")
+    parser.add_argument("--format", dest="export_format", choices=("savedmodel", "tflite", "onnx"),
+                        default="savedmodel")
     parser.add_argument("--out", required=True, help="output folder: new, empty, or an earlier export (replaced)")
     parser.add_argument("--quantize", action="store_true", help="TFLite only: int8 weights, float activations")
     parser.add_argument("--check", nargs="*", metavar="PHOTO",

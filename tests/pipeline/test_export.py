@@ -47,6 +47,7 @@ def real_photos():
     ("savedmodel", False, 1e-5),
     ("tflite", False, 1e-5),
     ("tflite", True, 0.05),
+    ("onnx", False, 1e-5),
 ])
 def test_export_parity_on_real_photos(run_dir, real_photos, tmp_path, export_format, quantize, tolerance):
     out = tmp_path / "export"
