@@ -110,13 +110,14 @@ class Scorer:
     def load(cls, run_dir: str | os.PathLike, detector: str | None = None, detect: bool = True,
              unknown_threshold: float | None = None, max_objects: int = 10, score_threshold: float | None = None,
              limits: ImageLimits = ImageLimits(), detector_runtime: str | None = None,
-             on_empty: str | None = None) -> "Scorer":
+             on_empty: str | None = None, classifier_runtime: str | None = None) -> "Scorer":
         """Load the bundle in `run_dir` and (unless `detect=False`) the detector it was cropped with.
 
         `detector` overrides the detector named in the bundle's crop config; `max_objects`
         caps the objects scored per photo (training may keep only the best one); a
         `score_threshold` overrides the crop config's; `detector_runtime` ("tensorflow" or
-        "onnx") the crop config's runtime. `on_empty` ("record" or "whole-photo") overrides what
+        "onnx") the crop config's runtime; `classifier_runtime="onnx"` runs the classifier in
+        ONNX Runtime (converted once, cached). `on_empty` ("record" or "whole-photo") overrides what
         happens to a photo with no detection; None keeps the training crops' policy (the crop
         config's ``on_empty``, "record" when the bundle has none).
         """
@@ -124,6 +125,10 @@ class Scorer:
         from detcrop.detect.crop import CropConfig
 
         bundle = load_bundle(run_dir)
+        if classifier_runtime == "onnx":
+            from detcrop.classify.onnx_runtime import onnx_bundle
+
+            bundle = onnx_bundle(bundle, run_dir)
         saved = dict(bundle.metadata.crop_config or {})
         if detect and not saved:
             logger.warning("%s: bundle has no crop_config (not trained on detcrop crops); using crop defaults", run_dir)

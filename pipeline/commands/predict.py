@@ -19,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("photos", nargs="+", help="photo files or folders (searched recursively)")
     parser.add_argument("--detector", help="detector name, TF Hub handle, SavedModel folder or .pb "
                         "(default: the one the training crops were made with)")
-    parser.add_argument("--runtime", choices=RUNTIMES, help="detector runtime: tensorflow, or onnx (ONNX Runtime; "
-                        "the SSD is converted once and cached) (default: the crop config's)")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="runtime of the detector and the classifier: tensorflow, "
+                        "or onnx (ONNX Runtime; both are converted once and cached) (default: the crop config's "
+                        "detector runtime, TensorFlow for the classifier)")
     parser.add_argument("--no-detect", action="store_true", help="classify whole images (data already cropped)")
     parser.add_argument("--unknown-threshold", type=float,
                         help="label an object 'unknown' under this top probability (default: chosen on the "
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = Scorer.load(args.run, detector=args.detector, detect=not args.no_detect,
                          unknown_threshold=args.unknown_threshold, max_objects=args.max_objects,
                          score_threshold=args.score_threshold, detector_runtime=args.runtime,
-                         on_empty=args.on_empty)
+                         on_empty=args.on_empty, classifier_runtime=args.runtime)
     for name in (args.confidence_of, args.is_class):
         if name is not None and name not in scorer.class_names:
             raise ValueError(f"unknown class {name!r}; this run's classes are: {', '.join(scorer.class_names)}")

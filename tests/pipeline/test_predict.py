@@ -258,3 +258,22 @@ def test_plots_of_photos_with_the_same_name_are_all_kept(run_dir, tmp_path):
     assert main(["predict", str(run_dir), str(tmp_path / "a"), str(tmp_path / "b"), "--no-detect",
                  "--plot", str(tmp_path / "plots"), "-q"]) == 0
     assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == ["x_0000.png", "x_0001.png"]
+
+
+def test_onnx_classifier_gives_the_bundles_probabilities(run_dir, photos, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    from detcrop import detect
+    import detcrop.detect.base
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
+    expected = Scorer.load(run_dir).score(photos["light"])
+    onnx = Scorer.load(run_dir, classifier_runtime="onnx")
+    assert type(onnx.bundle.model).__name__ == "OnnxClassifier"
+    received = onnx.score(photos["light"])
+    assert list(tmp_path.joinpath("cache", "detcrop", "onnx").glob("classifier-*.onnx"))  # converted once, cached
+    (want,), (got,) = expected.objects, received.objects
+    assert got.top_class == want.top_class
+    for name, probability in want.probabilities.items():
+        assert got.probabilities[name] == pytest.approx(probability, abs=1e-4)

@@ -1,0 +1,56 @@
+"""A bundle's classifier run by ONNX Runtime (`detcrop predict --runtime onnx`).
+
+The classifier after its resize layer is converted once by tf2onnx (`export.onnx_classifier_bytes`)
+and cached under `~/.cache/detcrop/onnx/`, named by the content hash of the run's model.keras.
+`onnx_bundle` returns the same `Bundle` with its model replaced by an `OnnxClassifier`, which
+`bundle.predict_images` calls exactly like the Keras model (on already resized batches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from detcrop.data.atomic import atomic_write_bytes
+from detcrop.data.cache import cache_dir
+from detcrop.data.layout import MODEL_NAME
+
+logger = logging.getLogger(__name__)
+
+
+class OnnxClassifier:
+    """Called like the bundle's Keras model on resized float32 batches [batch, S, S, 3] of raw pixels."""
+
+    def __init__(self, model: str | os.PathLike | bytes, classes: int, threads: int | None = None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                                     providers=["CPUExecutionProvider"])
+        self._input_name = self._session.get_inputs()[0].name
+        self.output_shape = (None, int(classes))
+
+    def __call__(self, batch, training: bool = False) -> np.ndarray:
+        return self._session.run(None, {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def onnx_bundle(bundle, run_dir: str | os.PathLike, cache_root: str | os.PathLike | None = None):
+    """`bundle` with its classifier run by ONNX Runtime (converted once, cached by model.keras's hash)."""
+    from detcrop.classify.export import ONNX_OPSET, onnx_classifier_bytes
+
+    digest = hashlib.sha256((Path(run_dir) / MODEL_NAME).read_bytes()).hexdigest()[:16]
+    folder = Path(cache_root) if cache_root is not None else cache_dir("onnx")
+    target = folder / f"classifier-opset{ONNX_OPSET}-{digest}.onnx"
+    if not target.is_file():
+        logger.info("converting %s to ONNX (once; cached as %s)", run_dir, target)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, onnx_classifier_bytes(bundle))
+    return dataclasses.replace(bundle, model=OnnxClassifier(target, len(bundle.class_names)))
