@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, File, Request, UploadFile
+
 from detcrop.pipeline.ui.find_object import ObjectNotCropped
 from detcrop.pipeline.ui.project import ProjectError
 from detcrop.pipeline.ui.uploads import UploadRefused, read_image_upload
