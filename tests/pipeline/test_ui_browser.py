@@ -42,6 +42,10 @@ try:
 except ImportError as error:  # pragma: no cover - the test and ui extras are installed by make
     _require(False, f"{error.name} is not installed (pip install -e '.[test,ui]')")
 
+# Each step waits up to 30 s for what it expects (5 s by default): a shared 2-core machine
+# can take that long to decode and store a batch of photos.
+expect.set_options(timeout=30_000)
+
 from detcrop.pipeline.ui.app import create_app  # noqa: E402
 from ui_helpers import fast_training  # noqa: E402
 
