@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -100,8 +101,15 @@ class ClassFolderDataset:
 
 #: Longest class name accepted (it is a folder name and the answer a model gives).
 MAX_CLASS_NAME_LENGTH = 64
+#: Longest class name in UTF-8 bytes (a folder name holds 255 bytes on common file systems).
+MAX_CLASS_NAME_BYTES = 255
 #: Characters refused in class names: path separators and what Windows forbids in file names.
 _FORBIDDEN_NAME_CHARACTERS = frozenset('/\\<>:"|?*')
+#: Unicode categories refused: controls (newline, tab, NUL), format characters (bidi
+#: overrides that make a name print misleadingly), surrogates, private use, line separators.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+#: Format characters that emoji sequences need (zero-width non-joiner and joiner).
+_ALLOWED_FORMAT_CHARACTERS = frozenset({"\u200c", "\u200d"})
 
 
 class ClassNameError(DetcropError, ValueError):
@@ -113,30 +121,47 @@ def check_class_name(name: str) -> str:
 
     The one rule for class names that become folders (`add`'s class, `crop --label`, the
     page's classes); a class name is also the answer the model gives. One plain folder
-    name: not empty, at most 64 characters, no path separator ('/', '\\') or other
-    character Windows refuses in file names, no control character, not hidden (leading
-    "."; so never '.' or '..'), no leading or trailing spaces. A name can never write
-    outside its dataset.
+    name: not empty or blank, at most 64 characters (and 255 bytes in UTF-8), no path
+    separator ('/', '\\') or other character Windows refuses in file names, no control or
+    format character (newline, tab, NUL, bidi overrides), not hidden (leading "."; so never
+    '.' or '..') and no '..' at all, no leading or trailing spaces, and not the name of a
+    file detcrop keeps in a dataset root. A name can never write outside its dataset.
+    Folders already on disk are read as they are; this rule is for new names.
 
     >>> check_class_name("rolex")
     'rolex'
     """
     if not isinstance(name, str) or not name:
         raise ClassNameError(f"class name must be a plain folder name, got {name!r}: must not be empty")
+    shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
+    if not name.strip():
+        raise ClassNameError(f"class name must be a plain folder name, got {shown}: must not be blank")
     problems = []
     if len(name) > MAX_CLASS_NAME_LENGTH:
         problems.append(f"at most {MAX_CLASS_NAME_LENGTH} characters (got {len(name)})")
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_CLASS_NAME_BYTES:
+        problems.append(f"at most {MAX_CLASS_NAME_BYTES} bytes in UTF-8")
     if name.startswith("."):
         problems.append("must not start with '.' (hidden folders are ignored, '..' is the parent folder)")
+    elif ".." in name:
+        problems.append("no '..'")
     if name != name.strip():
         problems.append("no leading or trailing spaces")
-    bad = sorted({character for character in name
-                  if character in _FORBIDDEN_NAME_CHARACTERS or ord(character) < 32 or ord(character) == 127})
+    bad = sorted({character for character in name if _refused_character(character)})
     if bad:
-        problems.append("no path separators or characters " + " ".join(repr(character) for character in bad))
+        problems.append("no path separators, control characters or characters "
+                        + " ".join(ascii(character) for character in bad))
+    if name in DATASET_ROOT_FILES:
+        problems.append(f"{name} is a file detcrop keeps in the dataset root")
     if problems:
-        raise ClassNameError(f"class name must be a plain folder name, got {name!r}: " + "; ".join(problems))
+        raise ClassNameError(f"class name must be a plain folder name, got {shown}: " + "; ".join(problems))
     return name
+
+
+def _refused_character(character: str) -> bool:
+    if character in _FORBIDDEN_NAME_CHARACTERS:
+        return True
+    return unicodedata.category(character) in _FORBIDDEN_CATEGORIES and character not in _ALLOWED_FORMAT_CHARACTERS
 
 
 def _visible(name: str) -> bool:
@@ -268,6 +293,15 @@ def add_images(
     >>> add_images("dataset", "rolex", ["a.jpg", "b.png"]).added  # doctest: +SKIP
     """
     check_class_name(class_name)
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root}: expected a dataset folder, got a file")
+    folder = root / class_name
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: expected a class folder, got a file")
+    # The dataset and the class are created up front (as `add --help` says), so a class
+    # whose every image failed still exists to add to and names itself in the counts.
+    folder.mkdir(parents=True, exist_ok=True)
     report = AddReport()
     for path in map(Path, paths):
         try:

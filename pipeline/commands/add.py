@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Then run `detcrop validate DATASET` and `detcrop train DATASET --out RUN`.",
     )
     parser.add_argument("dataset", help="dataset root (created if missing)")
-    parser.add_argument("class_name", metavar="class", help="class (folder) name, created if missing")
+    parser.add_argument("class_name", metavar="class", help="class (folder) name, created if missing: at most "
+                        "64 characters, no '/', no leading '.', no control characters")
     parser.add_argument("images", nargs="+", help="image files or folders of images")
     parser.add_argument("--size", type=int, default=224, help="side of the squared images in pixels (default 224)")
     parser.add_argument("--keep-shape", action="store_true", help="copy as decoded, without squaring or resizing")
@@ -29,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
     paths, skipped = find_image_paths(args.images)
     report = add_images(args.dataset, args.class_name, paths, square=not args.keep_shape, size=args.size)
+    if not paths:
+        print(f"no images found in {', '.join(args.images)}", file=sys.stderr)
     print(f"{args.class_name}: added {len(report.added)}, already there {len(report.duplicates)}, "
           f"failed {len(report.failed)}")
     print_skipped(skipped + report.failed)
