@@ -201,3 +201,33 @@ def load_configured_detector(name_or_path: str | os.PathLike, runtime: str = DEF
     if runtime == DEFAULT_RUNTIME:
         return load_detector(name_or_path)
     return load_detector(name_or_path, runtime=runtime)
+
+
+class UntrustedDetectorError(DetcropError, ValueError):
+    """A saved config (bundle.json, crop_config.json) names a detector by path or URL."""
+
+
+def detector_to_load(saved: str | None, chosen: str | os.PathLike | None, source: str) -> str:
+    """Which detector to load when the file `source` names `saved` and the user passed `chosen`.
+
+    A run folder or a config file is data, never code: a SavedModel or frozen graph can read
+    and write files when it runs, so a path or URL found in a file is loaded only when the
+    user names it themselves with `--detector`. Registered names (`KNOWN_DETECTORS`) load
+    from a file as they are. `chosen` (the `--detector` value) always wins.
+
+    >>> detector_to_load("ssd-mobilenet-v2", None, "runs/w/bundle.json")
+    'ssd-mobilenet-v2'
+    """
+    if chosen is not None:
+        return os.fspath(chosen)
+    if saved is None:
+        return DEFAULT_DETECTOR
+    if saved in KNOWN_DETECTORS:
+        return saved
+    import shlex
+
+    raise UntrustedDetectorError(
+        f"{source} names the detector {saved!r}, a path or URL; detcrop loads a model named in a file only "
+        f"when it is one of {', '.join(KNOWN_DETECTORS)} (a model can run code). If you trust that model, "
+        f"name it yourself: --detector {shlex.quote(str(saved))}"
+    )

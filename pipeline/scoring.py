@@ -113,7 +113,8 @@ class Scorer:
              on_empty: str | None = None, classifier_runtime: str | None = None) -> "Scorer":
         """Load the bundle in `run_dir` and (unless `detect=False`) the detector it was cropped with.
 
-        `detector` overrides the detector named in the bundle's crop config; `max_objects`
+        `detector` overrides the detector named in the bundle's crop config, which loads only
+        when it is a registered name (see `detect.base.detector_to_load`); `max_objects`
         caps the objects scored per photo (training may keep only the best one); a
         `score_threshold` overrides the crop config's; `detector_runtime` ("tensorflow" or
         "onnx") the crop config's runtime; `classifier_runtime="onnx"` runs the classifier in
@@ -135,8 +136,13 @@ class Scorer:
         runtime = {"max_crops_per_photo": max_objects}
         if on_empty is not None:
             runtime["on_empty"] = on_empty
-        if detector is not None:
-            runtime["detector"] = str(detector)
+        if detect:
+            from detcrop.data.layout import BUNDLE_NAME
+            from detcrop.detect.base import detector_to_load
+
+            # The run folder is data: it may name a registered detector, not a model to run.
+            runtime["detector"] = detector_to_load(saved.get("detector"), detector,
+                                                   f"{os.path.join(run_dir, BUNDLE_NAME)} (crop_config.detector)")
         if score_threshold is not None:
             runtime["score_threshold"] = score_threshold
         if detector_runtime is not None:

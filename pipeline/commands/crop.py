@@ -62,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
     from detcrop.pipeline.cli import print_skipped
 
     base = load_config_file(CropConfig, args.config) if args.config else None
+    if base is not None:
+        from detcrop.detect.base import detector_to_load
+
+        # A config file is data: a detector path or URL in it loads only when --detector repeats it.
+        detector_to_load(base.detector, args.detector, f"{args.config} (detector)")
     targets = None
     if args.target:
         targets = [part for value in args.target for part in value.split(",") if part.strip()]

@@ -41,9 +41,10 @@ def test_crop_command_writes_dataset_and_resumes(savedmodel_dir, photos, tmp_pat
     assert "resumed: 3 photos were already done" in capsys.readouterr().out  # a finished run is trusted whole
     assert read_manifest(out / MANIFEST_NAME) == records
 
-    # Resuming from the saved config keeps every setting, even without repeating the options.
+    # Resuming from the saved config keeps every setting, even without repeating the options;
+    # only a detector path must be named again (a file never picks a model to run, issue 10).
     assert main(["crop", str(photos), "--out", str(out), "--config", str(out / "crop_config.json"), "-q",
-                 "--json"]) == 0
+                 "--json", "--detector", str(savedmodel_dir)]) == 0
     assert json.loads(capsys.readouterr().out)["crops"] == 2
 
 
