@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from detcrop.data.folders import scan_class_folders
 from detcrop.data.images import ImageError, load_image_array
+from detcrop.data.outputs import check_output_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, batch_s
     from detcrop.classify.bundle import load_bundle
     from detcrop.classify.reports import evaluate_predictions, worst_mistakes, write_reports
 
+    # The eval_* reports go into the run folder: inside the dataset they would become images.
+    check_output_path(run_dir, "RUN", inputs=[("the dataset", dataset_dir)])
     bundle = load_bundle(run_dir)
     dataset = scan_class_folders(dataset_dir)
     unknown = [name for name in dataset.class_names if name not in bundle.class_names]

@@ -43,6 +43,7 @@ from detcrop.data.folders import scan_class_folders
 from detcrop.data.images import ImageError, file_sha256, load_image_array
 from detcrop.data.layout import BACKUP_DIR, CONFIG_NAME, HISTORY_NAME, SPLIT_NAME
 from detcrop.data.locks import folder_lock
+from detcrop.data.outputs import check_output_path
 from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
 
 logger = logging.getLogger(__name__)
@@ -749,6 +750,10 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     started = time.perf_counter()
     timings: dict[str, float] = {}
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
+    # Reports written inside the dataset would be read back as training images.
+    check_output_path(run_dir, "--out", inputs=[("the dataset", dataset_dir)])
+    if config.cache_dir:
+        check_output_path(config.cache_dir, "--cache-dir", protected=[("the dataset", dataset_dir)])
     with folder_lock(run_dir, "train"):  # a second train into this run exits naming the first
         mark_incomplete(run_dir)  # first: an old bundle is never served under the new config.json
         atomic_write_json(run_dir / CONFIG_NAME, config_to_dict(config))

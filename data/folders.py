@@ -26,6 +26,7 @@ from detcrop.data.atomic import atomic_write_bytes
 from detcrop.data.errors import DetcropError
 from detcrop.data.layout import DATASET_ROOT_FILES
 from detcrop.data.images import IMAGE_EXTENSIONS, ImageError, ImageLimits, bytes_sha256, is_image_path, load_image
+from detcrop.data.outputs import check_output_path
 
 
 
@@ -297,6 +298,7 @@ def add_images(
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"{root}: expected a dataset folder, got a file")
     folder = root / class_name
+    check_output_path(folder, "DATASET/CLASS", inputs=[("the image", path) for path in paths])
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder}: expected a class folder, got a file")
     # The dataset and the class are created up front (as `add --help` says), so a class

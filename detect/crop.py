@@ -55,6 +55,7 @@ from detcrop.data.manifest import (
     STATUS_CROPPED, STATUS_EMPTY, STATUS_FAILED, CropRecord, ManifestWriter,
     read_manifest, write_manifest,
 )
+from detcrop.data.outputs import check_output_path
 from detcrop.detect.base import DEFAULT_DETECTOR, DEFAULT_RUNTIME, RUNTIMES, Detector, check_image, detector_label_map
 from detcrop.detect.detections import Detections
 from detcrop.detect.geometry import SQUARE_MODES, CropTooSmallError, crop_region, cut_region
@@ -609,9 +610,8 @@ def crop_photos(
     if label is not None:
         check_class_name(label)
     photos, skipped = list_photos(input_dir, label, default_label=default_label(config))
-    if dataset.resolve().is_relative_to(input_dir.resolve()):
-        raise ValueError(f"--out {dataset} is inside the input folder {input_dir}; a rerun would crop the crops. "
-                         f"Pick an output folder outside it")
+    # Inside the input, a rerun would crop the crops; around it, the photos would become a class.
+    check_output_path(dataset, "--out", inputs=[("the input folder", input_dir)])
     if not photos:
         raise NoPhotosError(
             f"{input_dir}: no photos to crop (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files, recursively"

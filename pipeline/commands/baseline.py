@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from detcrop.classify.baseline.recipes import BaselineConfig
     from detcrop.classify.baseline.training import run_baseline
     from detcrop.classify.reports import format_summary
+    from detcrop.data.outputs import check_output_path
 
     overrides = {
         "dataset": args.dataset, "data_dir": args.data_dir, "recipe": args.recipe, "epochs": args.epochs,
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     }
     config = build_config(BaselineConfig, {key: value for key, value in overrides.items() if value is not None})
     run_dir = Path(args.out) if args.out else _default_run_dir(config.dataset, config.recipe)
+    folder_dataset = config.dataset if Path(config.dataset).exists() else None  # else a built-in name
+    check_output_path(run_dir, "--out", inputs=[("the --data-dir folder", config.data_dir or None),
+                                                ("the --dataset folder", folder_dataset)])
     summary = run_baseline(config, run_dir, progress=not args.quiet)
     training = summary["training"]
     skipped = training["skipped"]

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_objects < 1:
         raise ValueError(f"--max-objects must be >= 1, got {args.max_objects}")
+    _check_outputs(args)
     scorer = Scorer.load(args.run, detector=args.detector, detect=not args.no_detect,
                          unknown_threshold=args.unknown_threshold, max_objects=args.max_objects,
                          score_threshold=args.score_threshold, detector_runtime=args.runtime,
@@ -82,3 +83,16 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(results)} photo(s) could not be read (see the table)", file=sys.stderr)
     return 0 if failed < len(results) else 1
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any model loads: no output may land in the run folder, over a photo, or over another output."""
+    from detcrop.data.outputs import check_output_path
+
+    photos = [("the photo input", path) for path in args.photos]
+    written: list = []
+    for flag, output in (("--json", args.json_path), ("--csv", args.csv_path), ("--plot", args.plot)):
+        if output is None:
+            continue
+        check_output_path(output, flag, inputs=photos, protected=[("the run folder", args.run), *written])
+        written.append((f"the {flag} output", output))
