@@ -13,20 +13,26 @@
   resized by the caller), converted by tf2onnx for ONNX Runtime; probabilities out.
 
 Beside the model: `labels.txt` (one class name per line, in output order) and
-`export.json` (format, input spec, class names, the bundle's metadata).
+`export.json` (format, input spec, class names, the bundle's metadata, the files written).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from detcrop.data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, current_umask
+from detcrop.data.atomic import (
+    StagingFolder, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_staging,
+)
+from detcrop.data.config import read_json_object
+from detcrop.data.outputs import OutputPathError, check_output_path
+
+logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
 LABELS_NAME = "labels.txt"
@@ -36,6 +42,11 @@ ONNX_NAME = "model.onnx"
 #: ONNX opset of exported classifiers (ONNX Runtime 1.17+ runs it).
 ONNX_OPSET = 17
 SAVEDMODEL_DIR = "saved_model"
+#: Every name an export writes into its folder; an earlier export is replaced only when its
+#: folder holds nothing else (its export.json lists what it wrote).
+EXPORT_FILE_NAMES = frozenset({EXPORT_META_NAME, LABELS_NAME, TFLITE_NAME, ONNX_NAME, SAVEDMODEL_DIR})
+#: Staging folders of an export are named ``.<out>.detcrop-export-<random>.part``.
+STAGING_TAG = "export"
 
 
 def _tflite_source_model(bundle):
@@ -84,26 +95,47 @@ def _write_saved_model(model, path: Path, shape: list) -> None:
     archive.write_out(str(path), verbose=False)
 
 
+def _recorded_files(meta_path: Path) -> set[str]:
+    """The entries an earlier export says it wrote (its ``files``; older exports: derived)."""
+    meta = read_json_object(meta_path, "export metadata")
+    files = meta.get("files")
+    if not (isinstance(files, list) and all(isinstance(name, str) for name in files)):
+        files = [EXPORT_META_NAME, LABELS_NAME, meta.get("model")]  # exports before the list was kept
+    # Only names an export writes count, whatever the file says: a hand-made export.json
+    # listing "photos" must not get the photos deleted.
+    return set(files) & EXPORT_FILE_NAMES
+
+
 def _check_replaceable(out_dir: Path, run_dir: Path) -> None:
-    """Refuse an --out that is not empty and not an earlier export, or that holds the run."""
-    resolved, run = out_dir.resolve(), run_dir.resolve()
-    if resolved == run or resolved in run.parents:
-        raise ValueError(f"--out {out_dir} is (or contains) the run folder {run_dir}; choose another folder")
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ValueError(f"--out {out_dir} is a file; expected a folder to export into")
-        if any(out_dir.iterdir()) and not (out_dir / EXPORT_META_NAME).is_file():
-            raise ValueError(f"--out {out_dir} is not empty and not an earlier export (no {EXPORT_META_NAME}); "
-                             f"refusing to replace it")
+    """Refuse an --out that holds the run (or is inside it), or holds anything an earlier export did not write."""
+    check_output_path(out_dir, "--out", inputs=[("the run folder", run_dir)])
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputPathError(f"--out {out_dir} is a file; expected a folder to export into")
+    entries = {entry.name for entry in out_dir.iterdir()}
+    if not entries:
+        return
+    meta_path = out_dir / EXPORT_META_NAME
+    if not meta_path.is_file():
+        raise OutputPathError(f"--out {out_dir} is not empty and not an earlier export (no {EXPORT_META_NAME}); "
+                              f"refusing to replace it: choose another --out")
+    foreign = sorted(entries - _recorded_files(meta_path))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputPathError(f"--out {out_dir} holds {shown}, which no earlier export wrote (see its "
+                              f"{EXPORT_META_NAME}); refusing to replace it: move them or choose another --out")
 
 
 def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, export_format: str = "savedmodel",
                   quantize: bool = False) -> Path:
     """Export the bundle in `run_dir` into `out_dir`; returns the model's path.
 
-    `out_dir` is filled in a temporary sibling folder and renamed into place at the end, so
-    a crash leaves no half export. An existing `out_dir` is replaced only when it is empty
-    or an earlier export (holds export.json), and never when it holds the run.
+    `out_dir` is filled in a hidden staging folder beside it and renamed into place at the
+    end, so a crash leaves no half export; staging folders left by killed exports into the
+    same `out_dir` are removed first. An existing `out_dir` is replaced only when it is empty
+    or holds nothing but what an earlier export wrote (export.json lists it), and never when
+    it holds the run or lies inside it.
     """
     import tensorflow as tf
 
@@ -113,48 +145,61 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, export
         raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
     if quantize and export_format != "tflite":
         raise ValueError("--quantize applies to --format tflite only")
-    bundle = load_bundle(run_dir)
     out_dir = Path(out_dir)
     _check_replaceable(out_dir, Path(run_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    os.chmod(staging, 0o777 & ~current_umask())
-    try:
-        if export_format == "savedmodel":
-            _write_saved_model(bundle.model, staging / SAVEDMODEL_DIR, [None, None, None, 3])
-            model_name = SAVEDMODEL_DIR
-            input_spec = {"dtype": "float32", "shape": [None, None, None, 3], "range": "0..255 RGB, any size"}
-        elif export_format == "onnx":
-            size = bundle.input_size
-            atomic_write_bytes(staging / ONNX_NAME, onnx_classifier_bytes(bundle))
-            model_name = ONNX_NAME
-            input_spec = {"dtype": "float32", "shape": [None, size, size, 3],
-                          "range": f"0..255 RGB, resized to {size}x{size} (antialiased bilinear) by the caller"}
-        else:
-            size = bundle.input_size
-            intermediate = staging / ".tflite_source"
-            _write_saved_model(_tflite_source_model(bundle), intermediate, [1, size, size, 3])
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(intermediate))
-            if quantize:
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            atomic_write_bytes(staging / TFLITE_NAME, converter.convert())
-            shutil.rmtree(intermediate)
-            model_name = TFLITE_NAME
-            input_spec = {"dtype": "float32", "shape": [1, size, size, 3],
-                          "range": f"0..255 RGB, resized to {size}x{size} (antialiased bilinear) by the caller"}
-        atomic_write_text(staging / LABELS_NAME, "".join(f"{name}\n" for name in bundle.class_names))
-        atomic_write_json(staging / EXPORT_META_NAME, {
-            "format": export_format, "quantized": quantize, "model": model_name, "input": input_spec,
-            "output": {"dtype": "float32", "shape": [None, len(bundle.class_names)], "meaning": "probabilities"},
-            "class_names": list(bundle.class_names), "bundle": bundle.metadata.to_dict(),
-        })
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    bundle = load_bundle(run_dir)
+    for stale in remove_stale_staging(out_dir, STAGING_TAG):
+        logger.info("removed %s, left by an interrupted export", stale)
+    with StagingFolder(out_dir, STAGING_TAG) as staging_folder:
+        staging = staging_folder.path
+        try:
+            if export_format == "savedmodel":
+                _write_saved_model(bundle.model, staging / SAVEDMODEL_DIR, [None, None, None, 3])
+                model_name = SAVEDMODEL_DIR
+                input_spec = {"dtype": "float32", "shape": [None, None, None, 3], "range": "0..255 RGB, any size"}
+            elif export_format == "onnx":
+                size = bundle.input_size
+                atomic_write_bytes(staging / ONNX_NAME, onnx_classifier_bytes(bundle))
+                model_name = ONNX_NAME
+                input_spec = {"dtype": "float32", "shape": [None, size, size, 3],
+                              "range": f"0..255 RGB, resized to {size}x{size} (antialiased bilinear) by the caller"}
+            else:
+                size = bundle.input_size
+                intermediate = staging / ".tflite_source"
+                _write_saved_model(_tflite_source_model(bundle), intermediate, [1, size, size, 3])
+                converter = tf.lite.TFLiteConverter.from_saved_model(str(intermediate))
+                if quantize:
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                atomic_write_bytes(staging / TFLITE_NAME, converter.convert())
+                shutil.rmtree(intermediate)
+                model_name = TFLITE_NAME
+                input_spec = {"dtype": "float32", "shape": [1, size, size, 3],
+                              "range": f"0..255 RGB, resized to {size}x{size} (antialiased bilinear) by the caller"}
+            atomic_write_text(staging / LABELS_NAME, "".join(f"{name}\n" for name in bundle.class_names))
+            atomic_write_json(staging / EXPORT_META_NAME, {
+                "format": export_format, "quantized": quantize, "model": model_name, "input": input_spec,
+                "output": {"dtype": "float32", "shape": [None, len(bundle.class_names)], "meaning": "probabilities"},
+                "class_names": list(bundle.class_names), "bundle": bundle.metadata.to_dict(),
+                "files": sorted([EXPORT_META_NAME, LABELS_NAME, model_name]),
+            })
+            _swap_into_place(staging, out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return out_dir / model_name
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename `staging` to `out_dir`; an earlier export there goes into a locked staging folder, then away."""
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    # Moved aside, not deleted first: a kill between the two renames leaves the old export in
+    # a staging folder (cleaned on the next run), never no export and no way back.
+    with StagingFolder(out_dir, STAGING_TAG) as old:
+        os.rename(out_dir, old.path / "previous")
+        os.replace(staging, out_dir)
+        shutil.rmtree(old.path, ignore_errors=True)
 
 
 class ExportedModel:

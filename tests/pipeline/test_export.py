@@ -83,11 +83,10 @@ def test_export_cli_replaces_and_checks(run_dir, tmp_path, capsys):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(photo)
     out = tmp_path / "exported"
     export_bundle(run_dir, out, "savedmodel")
-    (out / "stale.txt").write_text("left from the earlier export")
     assert main(["export", str(run_dir), "--out", str(out), "--format", "tflite", "--check", str(photo)]) == 0
     printed = capsys.readouterr().out
     assert "top-1 agreement 100.0%" in printed
-    assert not (out / "stale.txt").exists() and (out / "model.tflite").is_file()
+    assert sorted(path.name for path in out.iterdir()) == ["export.json", "labels.txt", "model.tflite"]
 
 
 def _folder_with(folder, name):

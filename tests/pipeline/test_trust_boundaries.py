@@ -193,3 +193,140 @@ def test_crop_refuses_a_detector_path_from_a_config_file(tmp_path, capsys, loade
     argv = ["crop", str(tmp_path / "photos"), "--out", str(tmp_path / "ds"), "--config", str(config), "--detector", saved]
     assert main(argv) == 0
     assert loaded_detectors == [saved]
+
+
+# Row 7: no output inside, over or around an input, nor in the run folder being scored.
+def _predict(run, photos, *flags):
+    return ["predict", str(run), *map(str, photos), *map(str, flags)]
+
+
+OUTPUT_CASES = {
+    "predict --json RUN/bundle.json": lambda t: _predict(t.run, [t.photo], "--json", t.run / "bundle.json"),
+    "predict --csv RUN/new.csv": lambda t: _predict(t.run, [t.photo], "--csv", t.run / "new.csv"),
+    "predict --json over the photo": lambda t: _predict(t.run, [t.photo], "--json", t.photo),
+    "predict --plot into the photo folder": lambda t: _predict(t.run, [t.photos], "--plot", t.photos / "plots"),
+    "predict --plot around the photos": lambda t: _predict(t.run, [t.photo], "--plot", t.tmp),
+    "predict --json and --csv the same file": lambda t: _predict(t.run, [t.photo], "--json", t.tmp / "p",
+                                                                 "--csv", t.tmp / "p"),
+    "predict --json via a link to RUN/bundle.json": lambda t: _predict(t.run, [t.photo], "--json", t.link),
+    "train --out DATASET/cartier": lambda t: ["train", str(t.dataset), "--out", str(t.dataset / "cartier")],
+    "train --out DATASET": lambda t: ["train", str(t.dataset), "--out", str(t.dataset)],
+    "train --cache-dir DATASET/cache": lambda t: ["train", str(t.dataset), "--out", str(t.tmp / "run2"),
+                                                  "--cache-dir", str(t.dataset / "cache")],
+    "crop --out around the input": lambda t: ["crop", str(t.photos), "--out", str(t.tmp)],
+    "export --out RUN/export": lambda t: ["export", str(t.run), "--out", str(t.run / "export")],
+    "evaluate a run inside its dataset": lambda t: ["evaluate", str(t.nested_run), str(t.dataset)],
+    "baseline --out inside --dataset": lambda t: ["baseline", "--dataset", str(t.dataset),
+                                                  "--out", str(t.dataset / "run")],
+    "add the dataset to one of its classes": lambda t: ["add", str(t.dataset), "a", str(t.dataset)],
+    "add a class's own image": lambda t: ["add", str(t.dataset), "a", str(t.dataset / "a" / "0.png")],
+}
+
+
+@pytest.fixture()
+def layout(tmp_path):
+    """A run folder, photos, a dataset with a run inside it, a link to the bundle."""
+    from types import SimpleNamespace
+
+    from imagegen import make_class_folders
+
+    run = make_run(tmp_path / "run")
+    dataset = make_class_folders(tmp_path / "dataset", {"a": 3, "b": 3})
+    photos = tmp_path / "photos"
+    photo = save_image(photos / "photo.png", seed=3)
+    (tmp_path / "link.json").symlink_to(run / "bundle.json")
+    nested_run = make_run(dataset / "b" / "run")
+    return SimpleNamespace(tmp=tmp_path, run=run, dataset=dataset, photos=photos, photo=photo,
+                           link=tmp_path / "link.json", nested_run=nested_run)
+
+
+def _snapshot(root):
+    return {path: path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_CASES))
+def test_outputs_inside_or_over_inputs_are_refused(layout, capsys, loaded_detectors, case):
+    before = _snapshot(layout.tmp)
+    assert main(OUTPUT_CASES[case](layout)) == 2
+    _one_line_refusal(capsys, "outside it")
+    assert _snapshot(layout.tmp) == before
+
+
+# Row 2: an export.json in --out is no licence to delete the folder: only what an earlier
+# export wrote (listed in its export.json, and only names an export writes) is replaced.
+def _forged_export(out, meta, *extra):
+    out.mkdir(parents=True)
+    (out / "export.json").write_text(json.dumps(meta))
+    for name in extra:
+        (out / name).write_text("the user's")
+    return out
+
+
+@pytest.mark.parametrize("make_out", [
+    lambda out: _forged_export(out, {}, "thesis.txt"),
+    lambda out: _forged_export(out, {"files": ["export.json", "thesis.txt"]}, "thesis.txt"),
+    lambda out: _forged_export(out, {"model": "thesis.txt"}, "thesis.txt"),
+    lambda out: _forged_export(out, {"files": ["export.json", "labels.txt"]}, "labels.txt", "photos"),
+], ids=["no file list", "forged file list", "forged model name", "user file beside an export"])
+def test_export_replaces_only_what_an_earlier_export_wrote(run_dir, tmp_path, capsys, make_out):
+    out = make_out(tmp_path / "out")
+    before = _snapshot(out)
+    assert main(["export", str(run_dir), "--out", str(out), "--format", "tflite"]) == 2
+    _one_line_refusal(capsys, "refusing to replace")
+    assert _snapshot(out) == before
+
+
+def test_export_replaces_an_earlier_export(run_dir, tmp_path):
+    from detcrop.classify.export import export_bundle
+
+    out = tmp_path / "out"
+    export_bundle(run_dir, out, "savedmodel")
+    assert json.loads((out / "export.json").read_text())["files"] == ["export.json", "labels.txt", "saved_model"]
+    export_bundle(run_dir, out, "tflite")
+    assert sorted(path.name for path in out.iterdir()) == ["export.json", "labels.txt", "model.tflite"]
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]  # no staging folder left
+
+
+# Row 13: a killed export leaves its hidden staging folder; the next export into the same
+# --out removes it, but never one that a running export holds.
+_KILLED_EXPORT = """
+import os, signal, sys
+import detcrop.classify.export as export
+
+def write_then_die(model, path, shape):
+    path.mkdir(parents=True)
+    (path / "half.pb").write_bytes(b"half a model")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+export._write_saved_model = write_then_die
+export.export_bundle(sys.argv[1], sys.argv[2], "savedmodel")
+"""
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_export(run_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from detcrop.classify.export import export_bundle
+
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, str(run_dir), str(out)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    left = [path for path in tmp_path.iterdir() if path.name.endswith(".part")]
+    assert len(left) == 1 and (left[0] / "saved_model" / "half.pb").is_file()
+    export_bundle(run_dir, out, "tflite")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_staging_folder_in_use_is_kept(tmp_path):
+    from detcrop.data.atomic import StagingFolder, remove_stale_staging
+
+    with StagingFolder(tmp_path / "out", "export") as in_use:
+        assert in_use.path.name.startswith(".out.detcrop-export-") and in_use.path.name.endswith(".part")
+        stale = StagingFolder(tmp_path / "out", "export")
+        stale.close()
+        lookalike = tmp_path / ".out.someone-else.part"
+        lookalike.mkdir()
+        assert remove_stale_staging(tmp_path / "out", "export") == [stale.path]
+        assert in_use.path.is_dir() and lookalike.is_dir()
