@@ -30,14 +30,12 @@ from detcrop.data.atomic import (
     StagingFolder, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_staging,
 )
 from detcrop.data.config import read_json_object
+from detcrop.data.layout import EXPORT_META_NAME, LABELS_NAME, TFLITE_NAME
 from detcrop.data.outputs import OutputPathError, check_output_path
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
-LABELS_NAME = "labels.txt"
-EXPORT_META_NAME = "export.json"
-TFLITE_NAME = "model.tflite"
 ONNX_NAME = "model.onnx"
 #: ONNX opset of exported classifiers (ONNX Runtime 1.17+ runs it).
 ONNX_OPSET = 17

@@ -212,8 +212,8 @@ def detector_to_load(saved: str | None, chosen: str | os.PathLike | None, source
 
     A run folder or a config file is data, never code: a SavedModel or frozen graph can read
     and write files when it runs, so a path or URL found in a file is loaded only when the
-    user names it themselves with `--detector`. Registered names (`KNOWN_DETECTORS`) load
-    from a file as they are. `chosen` (the `--detector` value) always wins.
+    user names it themselves with `--detector`. Registered names (`DETECTORS`) load from a
+    file as they are. `chosen` (the `--detector` value) always wins.
 
     >>> detector_to_load("ssd-mobilenet-v2", None, "runs/w/bundle.json")
     'ssd-mobilenet-v2'
@@ -222,12 +222,12 @@ def detector_to_load(saved: str | None, chosen: str | os.PathLike | None, source
         return os.fspath(chosen)
     if saved is None:
         return DEFAULT_DETECTOR
-    if saved in KNOWN_DETECTORS:
+    if is_registered_detector(saved):
         return saved
     import shlex
 
     raise UntrustedDetectorError(
         f"{source} names the detector {saved!r}, a path or URL; detcrop loads a model named in a file only "
-        f"when it is one of {', '.join(KNOWN_DETECTORS)} (a model can run code). If you trust that model, "
+        f"when it is one of {', '.join(DETECTORS)} (a model can run code). If you trust that model, "
         f"name it yourself: --detector {shlex.quote(str(saved))}"
     )
