@@ -37,7 +37,7 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, batch_s
     from detcrop.classify.reports import evaluate_predictions, worst_mistakes, write_reports
 
     # The eval_* reports go into the run folder: inside the dataset they would become images.
-    check_output_path(run_dir, "RUN", inputs=[("the dataset", dataset_dir)])
+    check_output_path(run_dir, "RUN", protected=[("the dataset", dataset_dir)])
     bundle = load_bundle(run_dir)
     dataset = scan_class_folders(dataset_dir)
     unknown = [name for name in dataset.class_names if name not in bundle.class_names]

@@ -750,8 +750,9 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     started = time.perf_counter()
     timings: dict[str, float] = {}
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
-    # Reports written inside the dataset would be read back as training images.
-    check_output_path(run_dir, "--out", inputs=[("the dataset", dataset_dir)])
+    # Reports written inside the dataset would be read back as training images. A run folder
+    # may hold its dataset (the web page keeps a copy there): reports go to its top level.
+    check_output_path(run_dir, "--out", protected=[("the dataset", dataset_dir)])
     if config.cache_dir:
         check_output_path(config.cache_dir, "--cache-dir", protected=[("the dataset", dataset_dir)])
     with folder_lock(run_dir, "train"):  # a second train into this run exits naming the first

@@ -35,7 +35,7 @@ def check_output_path(output: str | os.PathLike, flag: str, inputs: Iterable[Nam
       one (a folder output containing the photos could write a plot over a photo, and a
       dataset written around its own input would read it as a class).
     - `protected`: paths the output must not be or lie inside, though it may hold them (a
-      run folder that predictions are written next to).
+      run folder may hold the dataset it was trained on: its reports go to its top level).
 
     Raises `OutputPathError` naming the flag, both paths and what to do.
 
