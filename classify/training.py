@@ -752,9 +752,9 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     # Reports written inside the dataset would be read back as training images. A run folder
     # may hold its dataset (the web page keeps a copy there): reports go to its top level.
-    check_output_path(run_dir, "--out", protected=[("the dataset", dataset_dir)])
+    check_output_path(run_dir, "--out", protected=[("the dataset", dataset_dir)], kind="folder")
     if config.cache_dir:
-        check_output_path(config.cache_dir, "--cache-dir", protected=[("the dataset", dataset_dir)])
+        check_output_path(config.cache_dir, "--cache-dir", protected=[("the dataset", dataset_dir)], kind="folder")
     with folder_lock(run_dir, "train"):  # a second train into this run exits naming the first
         mark_incomplete(run_dir)  # first: an old bundle is never served under the new config.json
         atomic_write_json(run_dir / CONFIG_NAME, config_to_dict(config))

@@ -28,7 +28,7 @@ def _resolved(path: str | os.PathLike) -> Path:
 
 
 def check_output_path(output: str | os.PathLike, flag: str, inputs: Iterable[NamedPath] = (),
-                      protected: Iterable[NamedPath] = ()) -> Path:
+                      protected: Iterable[NamedPath] = (), kind: str | None = None) -> Path:
     """`output` as a `Path` when writing it leaves every input and protected path alone.
 
     - `inputs`: what the command reads. The output must not be one, lie inside one, or hold
@@ -37,6 +37,10 @@ def check_output_path(output: str | os.PathLike, flag: str, inputs: Iterable[Nam
     - `protected`: paths the output must not be or lie inside, though it may hold them (a
       run folder may hold the dataset it was trained on: its reports go to its top level).
 
+    - `kind`: "file" (written atomically over `output`: an existing folder, device, FIFO or
+      socket there is refused, never replaced) or "folder" (written into: an existing file
+      there is refused).
+
     Raises `OutputPathError` naming the flag, both paths and what to do.
 
     >>> check_output_path("runs/w/bundle.json", "--json", inputs=[("the run folder", "runs/w")])  # doctest: +SKIP
@@ -44,6 +48,7 @@ def check_output_path(output: str | os.PathLike, flag: str, inputs: Iterable[Nam
     OutputPathError: --json runs/w/bundle.json is inside the run folder runs/w (an input of this command); ...
     """
     target = _resolved(output)
+    _check_kind(output, flag, kind)
     checks = [(what, path, True, " (an input of this command)") for what, path in inputs]
     checks += [(what, path, False, "") for what, path in protected]
     for what, path, may_not_hold, note in checks:
@@ -62,3 +67,23 @@ def check_output_path(output: str | os.PathLike, flag: str, inputs: Iterable[Nam
             f"{flag} {os.fspath(output)} {relation} {what} {os.fspath(path)}{note}; choose {flag} outside it"
         )
     return Path(output)
+
+
+def _check_kind(output: str | os.PathLike, flag: str, kind: str | None) -> None:
+    if kind is None:
+        return
+    if kind not in ("file", "folder"):
+        raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}")
+    path = Path(os.path.expanduser(os.fspath(output)))
+    if kind == "folder":
+        if path.exists() and not path.is_dir():
+            raise OutputPathError(f"{flag} {os.fspath(output)} is a file; expected a folder (new or existing)")
+        return
+    # An atomic write renames a new file over the path itself (a link is replaced, not followed).
+    if path.is_symlink() or not path.exists():
+        return
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {os.fspath(output)} is a folder; expected a file name")
+    if not path.is_file():
+        raise OutputPathError(f"{flag} {os.fspath(output)} is not a regular file (a device, FIFO or socket); "
+                              f"choose a file name")

@@ -611,7 +611,7 @@ def crop_photos(
         check_class_name(label)
     photos, skipped = list_photos(input_dir, label, default_label=default_label(config))
     # Inside the input, a rerun would crop the crops; around it, the photos would become a class.
-    check_output_path(dataset, "--out", inputs=[("the input folder", input_dir)])
+    check_output_path(dataset, "--out", inputs=[("the input folder", input_dir)], kind="folder")
     if not photos:
         raise NoPhotosError(
             f"{input_dir}: no photos to crop (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files, recursively"

@@ -30,6 +30,7 @@ from detcrop.data.images import IMAGE_EXTENSIONS, bytes_sha256, is_image_path
 from detcrop.data.layout import MANIFEST_NAME
 from detcrop.data.locks import folder_lock
 from detcrop.data.manifest import ManifestWriter
+from detcrop.data.outputs import check_output_path
 from detcrop.detect.crop import (
     CROP_CONFIG_NAME, SUMMARY_NAME, CropConfig, CropSummary, NoPhotosError, PhotoOutcome, _check_config,
     _photo_key, _resume_state, _summarise, _warn_stale_records, crop_photo, default_label, list_photos,
@@ -201,9 +202,9 @@ def crop_photos_ray(
     if label is not None:
         check_class_name(label)
     photos, skipped, filesystem = list_input(input_location, label, config)
-    if filesystem is None and dataset.resolve().is_relative_to(Path(input_location).resolve()):
-        raise ValueError(f"--out {dataset} is inside the input folder {input_location}; a rerun would crop the "
-                         f"crops. Pick an output folder outside it")
+    # The same output rule as the local engine (a remote input cannot overlap a local folder).
+    check_output_path(dataset, "--out", inputs=[("the input folder", None if filesystem else input_location)],
+                      kind="folder")
     if not photos:
         raise NoPhotosError(f"{input_location}: no photos to crop (looked for "
                             f"{', '.join(sorted(IMAGE_EXTENSIONS))} files, recursively)")

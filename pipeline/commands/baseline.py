@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) if args.out else _default_run_dir(config.dataset, config.recipe)
     folder_dataset = config.dataset if Path(config.dataset).exists() else None  # else a built-in name
     check_output_path(run_dir, "--out", protected=[("the --data-dir folder", config.data_dir or None),
-                                                ("the --dataset folder", folder_dataset)])
+                                                ("the --dataset folder", folder_dataset)], kind="folder")
     summary = run_baseline(config, run_dir, progress=not args.quiet)
     training = summary["training"]
     skipped = training["skipped"]

@@ -94,5 +94,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for flag, output in (("--json", args.json_path), ("--csv", args.csv_path), ("--plot", args.plot)):
         if output is None:
             continue
-        check_output_path(output, flag, inputs=photos, protected=[("the run folder", args.run), *written])
+        check_output_path(output, flag, inputs=photos, protected=[("the run folder", args.run), *written],
+                          kind="folder" if flag == "--plot" else "file")
         written.append((f"the {flag} output", output))

@@ -330,3 +330,30 @@ def test_a_staging_folder_in_use_is_kept(tmp_path):
         lookalike.mkdir()
         assert remove_stale_staging(tmp_path / "out", "export") == [stale.path]
         assert in_use.path.is_dir() and lookalike.is_dir()
+
+
+# Audit: an output path that exists as the wrong kind of thing is refused in one line,
+# before any work; a device or FIFO is never replaced by a file.
+KIND_CASES = {
+    "predict --json onto a folder": lambda t: _predict(t.run, [t.photo], "--json", t.folder),
+    "predict --csv onto a FIFO": lambda t: _predict(t.run, [t.photo], "--csv", t.fifo),
+    "predict --plot onto a file": lambda t: _predict(t.run, [t.photo], "--plot", t.file),
+    "train --out onto a file": lambda t: ["train", str(t.dataset), "--out", str(t.file)],
+    "crop --out onto a file": lambda t: ["crop", str(t.photos), "--out", str(t.file)],
+    "baseline --out onto a file": lambda t: ["baseline", "--dataset", str(t.dataset), "--out", str(t.file)],
+}
+
+
+@pytest.mark.parametrize("case", list(KIND_CASES))
+def test_outputs_of_the_wrong_kind_are_refused(layout, capsys, loaded_detectors, case):
+    import os
+    import stat
+
+    layout.folder, layout.file, layout.fifo = layout.tmp / "folder", layout.tmp / "file.txt", layout.tmp / "fifo"
+    layout.folder.mkdir()
+    layout.file.write_text("the user's")
+    os.mkfifo(layout.fifo)
+    before = _snapshot(layout.tmp)
+    assert main(KIND_CASES[case](layout)) == 2
+    _one_line_refusal(capsys, "expected a" if "FIFO" not in case else "not a regular file")
+    assert _snapshot(layout.tmp) == before and stat.S_ISFIFO(os.lstat(layout.fifo).st_mode)
