@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     photos, new_photos = out / "photos", out / "new-photos"
     dataset, run_dir, predictions = out / "dataset", out / "run", out / "predictions"
+    _check_demo_folder(out, {path.name for path in (photos, new_photos, dataset, run_dir, predictions)})
     progress = not args.quiet
     started = time.perf_counter()
 
@@ -75,3 +76,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {label:<48} {path}/")
     return 0
 
+
+
+def _check_demo_folder(out: Path, demo_entries: set[str]) -> None:
+    """Refuse an --out holding anything an earlier demo did not write (the demo writes into it)."""
+    from detcrop.data.outputs import OutputPathError, check_output_path
+
+    check_output_path(out, "--out", kind="folder")
+    if not out.is_dir():
+        return
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in demo_entries)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputPathError(f"--out {out} holds {shown}, which the demo did not write; the demo writes "
+                              f"{', '.join(sorted(demo_entries))} into it: choose a new folder")

@@ -357,3 +357,16 @@ def test_outputs_of_the_wrong_kind_are_refused(layout, capsys, loaded_detectors,
     assert main(KIND_CASES[case](layout)) == 2
     _one_line_refusal(capsys, "expected a" if "FIFO" not in case else "not a regular file")
     assert _snapshot(layout.tmp) == before and stat.S_ISFIFO(os.lstat(layout.fifo).st_mode)
+
+
+# Audit: `demo --out DIR` writes photos, a dataset and a run into DIR; it refuses a folder
+# that holds anything an earlier demo did not write, instead of cropping into the user's files.
+@pytest.mark.parametrize("entry", ["thesis.txt", ".hidden-notes"])
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys, loaded_detectors, entry):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / entry).write_text("the user's")
+    (out / "dataset").mkdir()
+    assert main(["demo", "--out", str(out), "--per-class", "2", "--new", "1"]) == 2
+    _one_line_refusal(capsys, "which the demo did not write")
+    assert sorted(path.name for path in out.iterdir()) == sorted([entry, "dataset"]) and loaded_detectors == []
