@@ -27,7 +27,7 @@ import numpy as np
 
 from detcrop.data.atomic import atomic_write_json, current_umask
 from detcrop.data.config import read_json_object
-from detcrop.data.errors import DetcropError
+from detcrop.data.errors import DetcropError, MissingFileError
 from detcrop.data.layout import BUNDLE_NAME, INCOMPLETE_NAME, MODEL_NAME
 
 #: Bumped when a bundle.json field changes meaning; readers refuse newer versions.
@@ -247,13 +247,13 @@ def read_bundle_metadata(run_dir: str | os.PathLike) -> BundleMetadata:
     run_dir = Path(run_dir)
     path = run_dir / BUNDLE_NAME
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: run folder not found (expected a folder with {MODEL_NAME} and {BUNDLE_NAME})")
+        raise MissingFileError(f"{run_dir}: run folder not found (expected a folder with {MODEL_NAME} and {BUNDLE_NAME})")
     if (run_dir / INCOMPLETE_NAME).exists():
         raise IncompleteRunError(
             f"{run_dir}: incomplete run ({INCOMPLETE_NAME} is present): training into it is running, or was "
             "killed or cancelled before the new bundle was written; rerun `detcrop train` into it to finish it")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: bundle metadata not found; is {run_dir} a finished `detcrop train` run?")
+        raise MissingFileError(f"{path}: bundle metadata not found; is {run_dir} a finished `detcrop train` run?")
     return BundleMetadata.from_dict(read_json_object(path, "bundle metadata"), path)
 
 
@@ -270,7 +270,7 @@ def load_bundle(run_dir: str | os.PathLike) -> Bundle:
     metadata = read_bundle_metadata(run_dir)
     model_path = run_dir / MODEL_NAME
     if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
+        raise MissingFileError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     if int(model.output_shape[-1]) != len(metadata.class_names):
         raise BundleError(f"{model_path}: model has {model.output_shape[-1]} outputs but {BUNDLE_NAME} names "

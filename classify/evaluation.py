@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from detcrop.data.errors import DetcropError
 from detcrop.data.folders import scan_class_folders
 from detcrop.data.images import ImageError, load_image_array
 from detcrop.data.outputs import check_output_path
@@ -18,6 +19,10 @@ logger = logging.getLogger(__name__)
 
 #: Prefix of the files `evaluate` writes, so they sit beside the training reports.
 EVAL_PREFIX = "eval_"
+
+
+class EvaluationError(DetcropError, ValueError):
+    """A dataset that cannot be evaluated with a bundle (unknown classes, no readable image)."""
 
 
 @dataclass
@@ -42,7 +47,7 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, batch_s
     dataset = scan_class_folders(dataset_dir)
     unknown = [name for name in dataset.class_names if name not in bundle.class_names]
     if unknown:
-        raise ValueError(
+        raise EvaluationError(
             f"{dataset_dir}: class folders {unknown} are not classes of the bundle in {run_dir} "
             f"(it knows {', '.join(bundle.class_names)})"
         )
@@ -65,7 +70,7 @@ def evaluate(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, batch_s
     if pending:
         batches.append(bundle.predict(pending, batch_size=batch_size))
     if not kept_paths:
-        raise ValueError(f"{dataset_dir}: no readable images to evaluate")
+        raise EvaluationError(f"{dataset_dir}: no readable images to evaluate")
     probabilities = np.concatenate(batches)
     y_true = np.asarray(labels, dtype=np.int64)
     metrics = evaluate_predictions(y_true, probabilities, bundle.class_names)

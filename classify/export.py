@@ -30,6 +30,7 @@ from detcrop.data.atomic import (
     StagingFolder, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_staging,
 )
 from detcrop.data.config import read_json_object
+from detcrop.data.errors import DetcropError, MissingFileError
 from detcrop.data.layout import EXPORT_META_NAME, LABELS_NAME, TFLITE_NAME
 from detcrop.data.outputs import OutputPathError, check_output_path
 
@@ -93,6 +94,10 @@ def _write_saved_model(model, path: Path, shape: list) -> None:
     archive.write_out(str(path), verbose=False)
 
 
+class ExportError(DetcropError, ValueError):
+    """Export options that do not fit together (the --out checks raise `OutputPathError`)."""
+
+
 def _recorded_files(meta_path: Path) -> set[str]:
     """The entries an earlier export says it wrote (its ``files``; older exports: derived)."""
     meta = read_json_object(meta_path, "export metadata")
@@ -140,9 +145,9 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, export
     from detcrop.classify.bundle import load_bundle
 
     if export_format not in EXPORT_FORMATS:
-        raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
+        raise ExportError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
     if quantize and export_format != "tflite":
-        raise ValueError("--quantize applies to --format tflite only")
+        raise ExportError("--quantize applies to --format tflite only")
     out_dir = Path(out_dir)
     _check_replaceable(out_dir, Path(run_dir))
     bundle = load_bundle(run_dir)
@@ -212,7 +217,7 @@ class ExportedModel:
         self.export_dir = Path(export_dir)
         meta_path = self.export_dir / EXPORT_META_NAME
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not an export folder (written by `detcrop export`)")
+            raise MissingFileError(f"{meta_path}: not an export folder (written by `detcrop export`)")
         self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         self.class_names = tuple(self.meta["class_names"])
         self.input_size = int(self.meta["bundle"]["input_size"])

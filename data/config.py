@@ -2,18 +2,25 @@
 
 Each stage keeps its defaults in one frozen dataclass with a comment per field. Overrides
 come from the CLI or a JSON file; an unknown key is an error that names the nearest valid
-key, and values are checked against the field's type before the dataclass is built.
+key, and values are checked against the field's type before the dataclass is built. The
+command-line flags are made from the same fields (`add_config_arguments`): ``--input-size``
+is `input_size` in every command, with the field's comment as its help.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import inspect
+import io
 import json
 import os
+import textwrap
+import tokenize
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 from detcrop.data.errors import DetcropError
 
@@ -113,3 +120,89 @@ def read_json_object(path: str | os.PathLike, what: str = "config keys") -> dict
 def load_config_file(cls: type[T], path: str | os.PathLike) -> T:
     """Build `cls` from a JSON file of overrides (e.g. a run's saved `config.json`)."""
     return build_config(cls, read_json_object(path))
+
+
+# --------------------------------------------------------------------------- command-line flags
+
+#: argparse destinations of config flags start with this, then "<Class>.<field>".
+_FLAG_DEST = "config:"
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help: its ``metadata["help"]``, else the comment beside it in `cls`'s source.
+
+    The comment next to each default is the one documented place of that setting, so the
+    command-line help is read from there rather than written twice.
+    """
+    comments: dict[str, str] = {}
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+        lines: dict[int, list[tokenize.TokenInfo]] = {}
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            lines.setdefault(token.start[0], []).append(token)
+    except (OSError, TypeError, tokenize.TokenError, IndentationError):
+        lines = {}
+    skip = (tokenize.INDENT, tokenize.DEDENT, tokenize.NL, tokenize.NEWLINE)
+    for tokens in lines.values():
+        tokens = [token for token in tokens if token.type not in skip]
+        if (len(tokens) >= 3 and tokens[0].type == tokenize.NAME and tokens[1].string == ":"
+                and tokens[-1].type == tokenize.COMMENT):
+            comments[tokens[0].string] = tokens[-1].string.lstrip("#").strip()
+    return {item.name: item.metadata.get("help") or comments.get(item.name, "") for item in dataclasses.fields(cls)}
+
+
+def _metavar(annotation: Any) -> str:
+    arguments = [option for option in typing.get_args(annotation) if option is not type(None)]
+    if typing.get_origin(annotation) in (tuple, list):
+        return "A,B"
+    if arguments:
+        return _metavar(arguments[0])
+    return {int: "N", float: "X", str: "TEXT"}.get(annotation, "VALUE")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, aliases: Mapping[str, Sequence[str]] | None = None,
+                         exclude: Sequence[str] = ()) -> None:
+    """One flag per field of the config dataclass `cls`: ``--field-name`` (and `aliases`).
+
+    The help is `field_help` plus the default; a flag left out stays None, so `config_overrides`
+    returns only what the user gave, and `build_config` parses and checks every value (a bad one
+    is a one-line `ConfigError`). A yes/no field gets ``--name`` and ``--no-name``; a list field
+    may be repeated or comma-separated. An alias of a yes/no field that starts with ``--no-``
+    sets it to false, any other sets it to true. The same field name is the same flag, with the
+    same meaning, in every command.
+    """
+    aliases = aliases or {}
+    defaults = cls()
+    helps = field_help(cls)
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"settings ({cls.__name__}; also the keys of a config JSON)")
+    for item in dataclasses.fields(cls):
+        if item.name in exclude:
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        dest = f"{_FLAG_DEST}{cls.__name__}.{item.name}"
+        default = getattr(defaults, item.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = (f"{helps[item.name]} (default: {shown})" if helps[item.name] else f"default: {shown}").replace("%", "%%")
+        annotation = hints[item.name]
+        if annotation is bool:
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+            for alias in aliases.get(item.name, ()):
+                group.add_argument(alias, dest=dest, action="store_const", const=not alias.startswith("--no-"),
+                                   help=f"same as {'--no-' + flag[2:] if alias.startswith('--no-') else flag}")
+            continue
+        repeated = typing.get_origin(annotation) in (tuple, list)
+        group.add_argument(flag, *aliases.get(item.name, ()), dest=dest, default=None, metavar=_metavar(annotation),
+                           action="append" if repeated else "store", help=text)
+
+
+def config_overrides(args: argparse.Namespace, cls: type) -> dict:
+    """The fields of `cls` given as flags (see `add_config_arguments`), as `build_config` overrides."""
+    prefix = f"{_FLAG_DEST}{cls.__name__}."
+    overrides = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(prefix) and value is not None:
+            if isinstance(value, list):  # a repeated list flag: --target a --target b,c
+                value = [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+            overrides[dest[len(prefix):]] = value
+    return overrides

@@ -10,3 +10,19 @@ from __future__ import annotations
 
 class DetcropError(Exception):
     """An expected failure whose message says what was expected and what was received."""
+
+
+class MissingFileError(DetcropError, FileNotFoundError):
+    """A file or folder the job needs is not there; the message names it and what to do."""
+
+
+class NotAFolderError(DetcropError, NotADirectoryError):
+    """A path that should be a folder is a file."""
+
+
+class UsageError(DetcropError, ValueError):
+    """A command-line value the job cannot use: out of range, an unknown name, nothing to work on."""
+
+
+class MissingDependencyError(DetcropError, ImportError):
+    """An optional package a feature needs is not installed; the message names the pip command."""

@@ -23,7 +23,7 @@ from typing import Iterable, NamedTuple
 from PIL import Image
 
 from detcrop.data.atomic import atomic_write_bytes
-from detcrop.data.errors import DetcropError
+from detcrop.data.errors import DetcropError, MissingFileError, NotAFolderError
 from detcrop.data.layout import DATASET_ROOT_FILES
 from detcrop.data.images import IMAGE_EXTENSIONS, ImageError, ImageLimits, bytes_sha256, is_image_path, load_image
 from detcrop.data.outputs import check_output_path
@@ -215,9 +215,9 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolderDataset:
     """
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"{root}: dataset folder not found")
+        raise MissingFileError(f"{root}: dataset folder not found")
     if not root.is_dir():
-        raise NotADirectoryError(f"{root}: expected a folder of class folders, got a file")
+        raise NotAFolderError(f"{root}: expected a folder of class folders, got a file")
     skipped: list[Skipped] = []
     class_names = []
     samples: list[Sample] = []

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 
 from detcrop.data import layout
 from detcrop.data.atomic import atomic_open
+from detcrop.data.errors import DetcropError
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ class CropRecord:
         return cls(**{key: value for key, value in values.items() if key in known})
 
 
+class ManifestError(DetcropError, ValueError):
+    """A manifest line that is not a crop record (the message names the file and line)."""
+
+
 def read_manifest(path: str | os.PathLike) -> list[CropRecord]:
     """All complete records of a manifest; an unterminated last line (a killed write) is dropped."""
     return list(iter_manifest(path))
@@ -104,7 +109,7 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[CropRecord]:
             try:
                 yield CropRecord.from_dict(json.loads(line))
             except (json.JSONDecodeError, TypeError, ValueError) as error:
-                raise ValueError(f"{path}:{line_number}: not a manifest record ({error})") from None
+                raise ManifestError(f"{path}:{line_number}: not a manifest record ({error})") from None
 
 
 def write_manifest(path: str | os.PathLike, records: Iterable[CropRecord]) -> None:

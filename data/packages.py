@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path, PurePosixPath
 
+from detcrop.data.errors import MissingFileError
+
 
 def find_distribution_file(distribution_name: str, file_name: str, what: str) -> Path:
     """The installed file of `distribution_name` whose name (or path suffix) is `file_name`.
@@ -15,7 +17,7 @@ def find_distribution_file(distribution_name: str, file_name: str, what: str) ->
     try:
         distribution = importlib.metadata.distribution(distribution_name)
     except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{what} not found: the package {distribution_name!r} is not installed; "
             f"run `pip install {distribution_name}`"
         ) from None
@@ -25,7 +27,7 @@ def find_distribution_file(distribution_name: str, file_name: str, what: str) ->
             path = Path(distribution.locate_file(file))
             if path.is_file():
                 return path
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{what} not found: {distribution_name!r} {distribution.version} is installed at "
         f"{distribution.locate_file('')} but holds no {file_name}; reinstall it with "
         f"`pip install --force-reinstall {distribution_name}`"

@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-from detcrop.data.errors import DetcropError
+from detcrop.data.errors import DetcropError, UsageError
 from detcrop.data.packages import find_distribution_file
 from detcrop.detect.detections import Detections
 from detcrop.detect.labels import coco_labels
@@ -46,6 +46,10 @@ FASTER_RCNN_DIR_ENV = "DETCROP_FASTER_RCNN_DIR"
 #: Inference runtimes of the detector: TensorFlow, or ONNX Runtime (measured in the README).
 RUNTIMES = ("tensorflow", "onnx")
 DEFAULT_RUNTIME = "tensorflow"
+
+
+class DetectorLoadError(DetcropError, ValueError):
+    """A detector file or folder that is there but is not a model detcrop can run."""
 
 
 class DetectorNotFoundError(DetcropError, FileNotFoundError):
@@ -156,7 +160,7 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
     Raises `DetectorNotFoundError` saying what was looked for and how to provide it.
     """
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.suffix == ".onnx":
@@ -172,7 +176,7 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
             return OnnxDetector(converted_ssd_path(ssd_graph_path()), name=text)
         if path.is_file() and path.suffix == ".pb":
             return OnnxDetector(converted_ssd_path(path), name=text)
-        raise ValueError(f"detector {text!r}: --runtime onnx runs the SSD frozen graph (ssd-mobilenet-v2 or a "
+        raise UsageError(f"detector {text!r}: --runtime onnx runs the SSD frozen graph (ssd-mobilenet-v2 or a "
                          f"TF OD API SSD .pb) or an .onnx file; use --runtime tensorflow for other detectors")
     if text in DETECTORS:
         return DETECTORS[text].load()

@@ -43,8 +43,8 @@ from tqdm import tqdm
 
 from detcrop.data import layout
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
-from detcrop.data.config import config_to_dict, load_config_file
-from detcrop.data.errors import DetcropError
+from detcrop.data.config import ConfigError, config_to_dict, load_config_file
+from detcrop.data.errors import DetcropError, MissingFileError, NotAFolderError
 from detcrop.data.folders import Skipped, check_class_name, find_images, not_an_image, scan_class_folders
 from detcrop.data.images import (
     IMAGE_EXTENSIONS, ImageError, ImageLimits, bytes_sha256, decode_image_array, file_sha256, is_image_path, read_image_bytes,
@@ -116,7 +116,7 @@ class CropConfig:
         )
         for passed, expected, received in checks:
             if not passed:
-                raise ValueError(f"CropConfig: {expected}, got {received!r}")
+                raise ConfigError(f"CropConfig: {expected}, got {received!r}")
 
     @property
     def target_class_ids(self) -> tuple[int, ...]:
@@ -425,7 +425,7 @@ def list_photos(input_dir: str | os.PathLike, label: str | None = None,
     """
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
-        raise (NotADirectoryError if input_dir.exists() else FileNotFoundError)(
+        raise (NotAFolderError if input_dir.exists() else MissingFileError)(
             f"{input_dir}: expected a folder of photos or of class folders, "
             f"got {'a file' if input_dir.exists() else 'nothing'}"
         )
@@ -496,11 +496,11 @@ def _check_config(dataset: Path, config: CropConfig) -> None:
         try:
             earlier = config_to_dict(load_config_file(CropConfig, path))
         except ValueError as error:
-            raise ValueError(f"{path}: cannot read the earlier run's crop config ({error})") from None
+            raise ConfigError(f"{path}: cannot read the earlier run's crop config ({error})") from None
         differences = [f"{key}: {earlier[key]!r} there, {wanted[key]!r} now" for key in wanted
                        if key not in RUNTIME_FIELDS and earlier.get(key) != wanted[key]]
         if differences:
-            raise ValueError(
+            raise ConfigError(
                 f"{dataset} was cropped with other settings ({'; '.join(differences)}); to resume it use the "
                 f"same options (or --config {path}), or pick a new --out folder"
             )

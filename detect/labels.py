@@ -8,6 +8,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from detcrop.data.config import ConfigError
+
 #: The label map shipped with the package (`detect/coco_labels.json`).
 COCO_LABELS_PATH = Path(__file__).with_name("coco_labels.json")
 
@@ -39,7 +41,7 @@ def resolve_class_ids(targets: Iterable[str | int], label_map: Mapping[int, str]
         if text.lstrip("-").isdigit():
             class_id = int(text)
             if class_id not in label_map:
-                raise ValueError(
+                raise ConfigError(
                     f"target class id {class_id} is not in the label map (ids {min(label_map)}..{max(label_map)}, "
                     f"with gaps); see {COCO_LABELS_PATH.name}"
                 )
@@ -48,9 +50,9 @@ def resolve_class_ids(targets: Iterable[str | int], label_map: Mapping[int, str]
             if class_id is None:
                 nearest = difflib.get_close_matches(text.lower(), list(by_name), n=3)
                 hint = f"; did you mean {', '.join(repr(name) for name in nearest)}?" if nearest else ""
-                raise ValueError(f"target class {text!r} is not a COCO class name{hint}")
+                raise ConfigError(f"target class {text!r} is not a COCO class name{hint}")
         if class_id not in resolved:
             resolved.append(class_id)
     if not resolved:
-        raise ValueError("expected at least one target class (a COCO name such as 'clock', or an id), got none")
+        raise ConfigError("expected at least one target class (a COCO name such as 'clock', or an id), got none")
     return tuple(resolved)

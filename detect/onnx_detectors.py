@@ -32,7 +32,7 @@ import numpy as np
 from detcrop.data.atomic import atomic_write_bytes
 from detcrop.data.cache import cache_dir
 from detcrop.data.errors import DetcropError
-from detcrop.detect.base import check_image
+from detcrop.detect.base import DetectorLoadError, check_image
 from detcrop.detect.detections import Detections
 from detcrop.detect.labels import coco_labels
 
@@ -206,7 +206,7 @@ def convert_ssd_graph(graph_path: str | os.PathLike) -> bytes:
             if name not in nodes:
                 raise KeyError(name)
     except KeyError as error:
-        raise ValueError(
+        raise DetectorLoadError(
             f"{graph_path}: not a TF Object Detection API SSD graph that detcrop can split for ONNX Runtime "
             f"(no tensor {error}); use --runtime tensorflow, or convert it whole to an .onnx file with the "
             f"TF OD API outputs and pass that as --detector") from None
@@ -263,11 +263,11 @@ class OnnxDetector:
                                                          session_options(threads),
                                                          providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-            raise ValueError(f"{self.model_path}: cannot load as an ONNX model ({type(error).__name__}: {error})") \
+            raise DetectorLoadError(f"{self.model_path}: cannot load as an ONNX model ({type(error).__name__}: {error})") \
                 from None
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ValueError(f"{self.model_path}: expected one image input [1, H, W, 3], got "
+            raise DetectorLoadError(f"{self.model_path}: expected one image input [1, H, W, 3], got "
                              f"{[(item.name, item.shape) for item in inputs]}")
         self._input_name = inputs[0].name
         self._input_dtype = np.uint8 if inputs[0].type == "tensor(uint8)" else np.float32
@@ -281,7 +281,7 @@ class OnnxDetector:
             keys = {_strip_port(name): name for name in output_names}
             missing = [key for key in _OD_API_OUTPUTS if key not in keys]
             if missing:
-                raise ValueError(f"{self.model_path}: expected the TF Object Detection API outputs "
+                raise DetectorLoadError(f"{self.model_path}: expected the TF Object Detection API outputs "
                                  f"({', '.join(_OD_API_OUTPUTS)}, num_detections), got {output_names}")
             self._od_keys = keys
 

@@ -15,7 +15,9 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from detcrop.detect.base import FASTER_RCNN_DIR_ENV, FASTER_RCNN_HANDLE, DetectorNotFoundError, check_image
+from detcrop.detect.base import (
+    FASTER_RCNN_DIR_ENV, FASTER_RCNN_HANDLE, DetectorLoadError, DetectorNotFoundError, check_image,
+)
 from detcrop.detect.detections import Detections
 from detcrop.detect.labels import coco_labels
 
@@ -52,7 +54,7 @@ class FrozenGraphDetector(_TFDetector):
         except OSError as error:
             raise DetectorNotFoundError(f"{graph_path}: cannot read frozen graph ({error})") from None
         except Exception as error:  # protobuf's DecodeError has no stable import path
-            raise ValueError(f"{graph_path}: expected a TF frozen graph (GraphDef .pb), cannot parse it ({error})") \
+            raise DetectorLoadError(f"{graph_path}: expected a TF frozen graph (GraphDef .pb), cannot parse it ({error})") \
                 from None
 
         def import_graph() -> None:
@@ -63,7 +65,7 @@ class FrozenGraphDetector(_TFDetector):
             inputs = wrapped.graph.as_graph_element("image_tensor:0")
             outputs = {key: wrapped.graph.as_graph_element(f"{key}:0") for key in _OUTPUT_KEYS}
         except (KeyError, ValueError) as error:
-            raise ValueError(
+            raise DetectorLoadError(
                 f"{graph_path}: expected a TF Object Detection API graph with image_tensor:0 and "
                 f"{', '.join(key + ':0' for key in _OUTPUT_KEYS)}; {error}"
             ) from None
@@ -89,7 +91,7 @@ class SavedModelDetector(_TFDetector):
             model = hub.load(handle)
         except Exception as error:  # hub raises network, HTTP and parse errors of many types
             if not is_remote:
-                raise ValueError(f"{handle}: cannot load SavedModel ({type(error).__name__}: {error})") from None
+                raise DetectorLoadError(f"{handle}: cannot load SavedModel ({type(error).__name__}: {error})") from None
             raise DetectorNotFoundError(
                 f"cannot load TF Hub model {handle} ({type(error).__name__}: {error}). Without internet, "
                 f"download it on another machine and either pass its SavedModel directory with "
@@ -103,6 +105,6 @@ class SavedModelDetector(_TFDetector):
             input_name = next(iter(signature.structured_input_signature[1]))
             self._call = lambda images: signature(**{input_name: images})
         else:
-            raise ValueError(f"{handle}: SavedModel is neither callable nor has a serving_default signature")
+            raise DetectorLoadError(f"{handle}: SavedModel is neither callable nor has a serving_default signature")
         self._model = model  # keeps the restored variables alive
         logger.debug("loaded SavedModel %s", handle)

@@ -74,10 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected failures say what was expected and what was received: one line, no traceback.
         print(f"detcrop {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
-        # Library code not yet moved to DetcropError for every expected failure.
-        print(f"detcrop {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
 
 
 if __name__ == "__main__":

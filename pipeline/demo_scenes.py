@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from detcrop.data.atomic import atomic_open
+from detcrop.data.errors import MissingDependencyError
 
 DEMO_CLASSES = ("classic", "diver")
 _BACKGROUNDS = ("brick", "grass", "gravel", "coffee", "chelsea", "astronaut", "rocket", "camera", "horse")
@@ -31,7 +32,7 @@ def _background_photos() -> list[np.ndarray]:
     try:
         import skimage.data
     except ImportError as error:  # pragma: no cover - scikit-image is a dependency
-        raise RuntimeError("the demo photos need scikit-image (pip install scikit-image)") from error
+        raise MissingDependencyError("the demo photos need scikit-image (pip install scikit-image)") from error
     photos = []
     for name in _BACKGROUNDS:
         image = np.asarray(getattr(skimage.data, name)())

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from detcrop.data.config import build_config
+from detcrop.data.config import ConfigError, build_config
 from detcrop.data.images import ImageError, ImageLimits, load_image_array
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class Scorer:
             threshold = FALLBACK_UNKNOWN_THRESHOLD
             logger.warning("%s: bundle has no unknown_threshold; using %.2f", run_dir, threshold)
         if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"unknown threshold must be in [0, 1], got {threshold}")
+            raise ConfigError(f"unknown threshold must be in [0, 1], got {threshold}")
         loaded_detector = None
         if detect:
             from detcrop.detect.base import load_configured_detector

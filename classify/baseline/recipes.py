@@ -51,7 +51,7 @@ class BaselineConfig:
     learning_rate: float | None = None  # peak learning rate (None: the recipe's)
     seed: int = 0  # seeds initialisation, shuffling, subsampling and the folder split (no global generator)
     limit: int | None = None  # use at most this many train and this many test images (quick runs)
-    image_size: int = 32  # class folders: images are resized to this square side
+    input_size: int = 32  # class folders: images are resized to this square side
     test_ratio: float = 0.2  # class folders: share of images held out as the test set
     allow_download: bool = True  # fall back to keras.datasets (network) when no local copy exists
 
@@ -64,10 +64,10 @@ class BaselineConfig:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.image_size < MIN_IMAGE_SIZE:
+        if self.input_size < MIN_IMAGE_SIZE:
             raise ConfigError(
-                f"image_size must be at least {MIN_IMAGE_SIZE} (the seed CNN's three valid 3x3 convolutions "
-                f"and two poolings), got {self.image_size}"
+                f"input_size must be at least {MIN_IMAGE_SIZE} (the seed CNN's three valid 3x3 convolutions "
+                f"and two poolings), got {self.input_size}"
             )
         if not 0.0 < self.test_ratio < 1.0:
             raise ConfigError(f"test_ratio must be between 0 and 1, got {self.test_ratio}")

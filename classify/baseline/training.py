@@ -212,7 +212,7 @@ def run_baseline(
     config = config.resolved()
     if data is None:
         data = load_dataset(
-            config.dataset, config.data_dir, image_size=config.image_size, test_ratio=config.test_ratio,
+            config.dataset, config.data_dir, image_size=config.input_size, test_ratio=config.test_ratio,
             seed=config.seed, allow_download=config.allow_download, progress=progress,
         )
     data = data.subsample(config.limit, config.seed)

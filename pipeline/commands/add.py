@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from detcrop.data.errors import UsageError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from detcrop.pipeline.cli import print_skipped
 
     if args.size < 16:
-        raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
+        raise UsageError(f"--size must be at least 16 pixels, got {args.size}")
     check_class_name(args.class_name)
     # Adding a folder that holds the class (or the dataset itself) would add the class to itself.
     check_output_path(Path(args.dataset) / args.class_name, "DATASET/CLASS",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detcrop.data.config import build_config
+from detcrop.data.config import add_config_arguments, build_config, config_overrides
 
+#: Shorter or older spellings of BaselineConfig flags; the same as `detcrop train`'s.
+FLAG_ALIASES = {"learning_rate": ["--lr"], "input_size": ["--image-size"]}
 #: Where a run goes when --out is not given: runs/baseline-<dataset>-<recipe>.
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -15,7 +17,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # Defaults are read from the config dataclass without importing TensorFlow.
     from detcrop.classify.baseline.recipes import RECIPES, BaselineConfig
 
-    defaults = BaselineConfig()
     parser = subparsers.add_parser(
         "baseline",
         help="train a small CNN from scratch (CIFAR-10, Fashion-MNIST or class folders)",
@@ -23,25 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`predict --no-detect` can use. Recipes: "
         + "; ".join(f"{name}: {recipe.description}" for name, recipe in RECIPES.items()) + ".",
     )
-    parser.add_argument("--dataset", default=defaults.dataset,
-                        help="cifar10, fashion-mnist or a class-folder root ROOT/<class>/<image> (default %(default)s)")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the dataset files (cifar-10-batches-py, or the Fashion-MNIST IDX files); "
-                        "default: search the Keras cache and /usr/share/datasets/fashion-mnist, else download")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default=defaults.recipe,
-                        help="seed: the classic CNN exactly; fast: tuned for a small CPU (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's (seed 10, fast %d)"
-                        % RECIPES["fast"].epochs)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's (seed 32, fast %d)"
-                        % RECIPES["fast"].batch_size)
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="peak learning rate; default: the recipe's (seed 1e-3, fast %g)" % RECIPES["fast"].learning_rate)
     parser.add_argument("--out", default=None, help="run folder (default runs/baseline-<dataset>-<recipe>)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="use at most N train and N test images, drawn with the seed (quick runs)")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size,
-                        help="class folders: square input side in pixels (default %(default)s)")
+    add_config_arguments(parser, BaselineConfig, FLAG_ALIASES)
     parser.set_defaults(handler=run)
 
 
@@ -56,12 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from detcrop.classify.reports import format_summary
     from detcrop.data.outputs import check_output_path
 
-    overrides = {
-        "dataset": args.dataset, "data_dir": args.data_dir, "recipe": args.recipe, "epochs": args.epochs,
-        "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
-        "limit": args.limit, "image_size": args.image_size,
-    }
-    config = build_config(BaselineConfig, {key: value for key, value in overrides.items() if value is not None})
+    config = build_config(BaselineConfig, config_overrides(args, BaselineConfig))
     run_dir = Path(args.out) if args.out else _default_run_dir(config.dataset, config.recipe)
     folder_dataset = config.dataset if Path(config.dataset).exists() else None  # else a built-in name
     check_output_path(run_dir, "--out", protected=[("the --data-dir folder", config.data_dir or None),

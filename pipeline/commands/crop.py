@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from detcrop.detect.base import DEFAULT_DETECTOR, DEFAULT_RUNTIME, KNOWN_DETECTORS, RUNTIMES
-from detcrop.detect.geometry import SQUARE_MODES
+from detcrop.data.config import add_config_arguments
+from detcrop.data.errors import UsageError
 
 # CropConfig lives in detect.crop, which imports only numpy/Pillow/tqdm: cheap enough for --help.
-from detcrop.detect.crop import ON_EMPTY_MODES, CropConfig
+from detcrop.detect.crop import CropConfig
+
+#: Shorter spellings of CropConfig flags (every field is also ``--field-name``).
+FLAG_ALIASES = {"targets": ["--target"], "max_crops_per_photo": ["--max-crops"]}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    defaults = CropConfig()
     parser = subparsers.add_parser(
         "crop",
         help="detect objects (COCO 'clock' by default) in photos and crop them into a class-folder dataset",
@@ -28,23 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "INPUT has only folders, else the first target's name)")
     parser.add_argument("--config", help="a crop_config.json to start from (e.g. an earlier dataset's); "
                         "options given on the command line override it")
-    parser.add_argument("--detector", help=f"{' or '.join(KNOWN_DETECTORS)}, a TF Hub handle, a SavedModel "
-                        f"folder or a frozen .pb graph (default {DEFAULT_DETECTOR})")
-    parser.add_argument("--runtime", choices=RUNTIMES, help="detector runtime: tensorflow, or onnx (ONNX Runtime; "
-                        f"the SSD graph is converted once and cached) (default {DEFAULT_RUNTIME})")
-    parser.add_argument("--target", action="append", help="COCO class name or id to crop; repeat or use commas "
-                        f"(default {','.join(defaults.targets)})")
-    parser.add_argument("--score-threshold", type=float, help=f"minimum box score (default {defaults.score_threshold})")
-    parser.add_argument("--margin", type=float, help="grow each side by this fraction of the box size "
-                        f"(default {defaults.margin})")
-    parser.add_argument("--square", choices=SQUARE_MODES, help=f"square crops (default {defaults.square})")
-    parser.add_argument("--min-size", type=int, help=f"minimum crop side in pixels (default {defaults.min_size})")
-    parser.add_argument("--max-crops", type=int, help="crops per photo, best first "
-                        f"(default {defaults.max_crops_per_photo})")
-    parser.add_argument("--on-empty", choices=ON_EMPTY_MODES, help="photos with no box: record them, or crop the "
-                        f"whole photo (default {defaults.on_empty})")
-    parser.add_argument("--jpeg-quality", type=int, help=f"crop JPEG quality (default {defaults.jpeg_quality})")
-    parser.add_argument("--workers", type=int, help=f"decoding threads (default {defaults.workers})")
+    add_config_arguments(parser, CropConfig, FLAG_ALIASES)
     engine = parser.add_argument_group("engine (where the job runs)")
     engine.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local: this process (default); ray: Ray Data, one detector per worker "
@@ -57,26 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detcrop.data.config import build_config, load_config_file
+    from detcrop.data.config import build_config, config_overrides, load_config_file
     from detcrop.detect.crop import crop_photos
     from detcrop.pipeline.cli import print_skipped
 
     base = load_config_file(CropConfig, args.config) if args.config else None
+    overrides = config_overrides(args, CropConfig)
     if base is not None:
         from detcrop.detect.base import detector_to_load
 
         # A config file is data: a detector path or URL in it loads only when --detector repeats it.
-        detector_to_load(base.detector, args.detector, f"{args.config} (detector)")
-    targets = None
-    if args.target:
-        targets = [part for value in args.target for part in value.split(",") if part.strip()]
-    overrides = {
-        "detector": args.detector, "targets": targets, "score_threshold": args.score_threshold,
-        "margin": args.margin, "square": args.square, "min_size": args.min_size,
-        "max_crops_per_photo": args.max_crops, "on_empty": args.on_empty, "jpeg_quality": args.jpeg_quality,
-        "workers": args.workers, "runtime": args.runtime,
-    }
-    config = build_config(CropConfig, {key: value for key, value in overrides.items() if value is not None}, base)
+        detector_to_load(base.detector, overrides.get("detector"), f"{args.config} (detector)")
+    config = build_config(CropConfig, overrides, base)
     progress = not (args.quiet or args.json)
     if args.engine == "ray":
         from detcrop.detect.ray_engine import crop_photos_ray
@@ -85,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                                   address=args.ray_address, workers=args.ray_workers)
     else:
         if args.ray_address:
-            raise ValueError("--ray-address needs --engine ray")
+            raise UsageError("--ray-address needs --engine ray")
         summary = crop_photos(args.input, args.out, config, label=args.label, progress=progress)
     print_skipped(summary.skipped)
     if args.json:

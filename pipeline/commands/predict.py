@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from detcrop.data.errors import UsageError
 from detcrop.detect.base import RUNTIMES
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from detcrop.pipeline.scoring import Scorer
 
     if args.max_objects < 1:
-        raise ValueError(f"--max-objects must be >= 1, got {args.max_objects}")
+        raise UsageError(f"--max-objects must be >= 1, got {args.max_objects}")
     _check_outputs(args)
     scorer = Scorer.load(args.run, detector=args.detector, detect=not args.no_detect,
                          unknown_threshold=args.unknown_threshold, max_objects=args.max_objects,
@@ -57,11 +58,11 @@ def run(args: argparse.Namespace) -> int:
                          on_empty=args.on_empty, classifier_runtime=args.runtime)
     for name in (args.confidence_of, args.is_class):
         if name is not None and name not in scorer.class_names:
-            raise ValueError(f"unknown class {name!r}; this run's classes are: {', '.join(scorer.class_names)}")
+            raise UsageError(f"unknown class {name!r}; this run's classes are: {', '.join(scorer.class_names)}")
     paths, skipped = find_image_paths(args.photos)
     print_skipped(skipped)
     if not paths:
-        raise FileNotFoundError(f"no photos found in {', '.join(args.photos)}")
+        raise UsageError(f"no photos found in {', '.join(args.photos)}")
     results = score_photos(scorer, paths, args.plot, args.json_path, args.csv_path, args.run, progress=not args.quiet)
     print(format_table(results))
     for result in results:

@@ -6,6 +6,8 @@ import argparse
 import logging
 import threading
 
+from detcrop.data.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise DetcropError(f"the page needs the ui extra ({error.name} is missing): pip install 'detcrop[ui]'") from None
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be 1-65535, got {args.port}")
+        raise UsageError(f"--port must be 1-65535, got {args.port}")
     if args.host not in LOCAL_ADDRESSES:
         bar = "!" * 78
         print(f"{bar}\nWARNING: binding {args.host}: any computer that can reach this one can open the page, "

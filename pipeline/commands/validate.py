@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from detcrop.data.config import build_config
+from detcrop.data.config import add_config_arguments, build_config, config_overrides
 from detcrop.data.validate import ValidationConfig, validate_dataset
 
 
@@ -19,24 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("dataset", help="dataset root with one folder per class")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors too")
-    defaults = ValidationConfig()
-    parser.add_argument("--min-classes", type=int, default=defaults.min_classes)
-    parser.add_argument("--min-images", type=int, default=defaults.min_images_per_class,
-                        help="minimum readable images per class (default %(default)s)")
-    parser.add_argument("--max-imbalance", type=float, default=defaults.max_imbalance,
-                        help="warn when largest/smallest class exceeds this (default %(default)s)")
-    parser.add_argument("--max-bytes", type=int, default=defaults.max_bytes,
-                        help="refuse files larger than this many bytes (default %(default)s)")
+    add_config_arguments(parser, ValidationConfig, {"min_images_per_class": ["--min-images"]})
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = build_config(ValidationConfig, {
-        "min_classes": args.min_classes,
-        "min_images_per_class": args.min_images,
-        "max_imbalance": args.max_imbalance,
-        "max_bytes": args.max_bytes,
-    })
+    config = build_config(ValidationConfig, config_overrides(args, ValidationConfig))
     report = validate_dataset(args.dataset, config, progress=not (args.json or args.quiet))
     usable = report.usable and not (args.strict and report.warnings)
     if args.json:

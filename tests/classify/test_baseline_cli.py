@@ -52,7 +52,7 @@ def test_baseline_command_trains_and_writes_a_run(tmp_path, capsys):
         (["--dataset", "fashion-mnist", "--data-dir", "{tmp}/empty"], "expected IDX files"),
         (["--dataset", "cifar10", "--data-dir", "{tmp}/empty"], "cifar-10-batches-py"),
         (["--epochs", "0"], "epochs must be at least 1"),
-        (["--dataset", "{tmp}", "--image-size", "8"], "image_size must be at least 18"),
+        (["--dataset", "{tmp}", "--image-size", "8"], "input_size must be at least 18"),
     ],
 )
 def test_baseline_command_refuses_bad_input_with_exit_2(tmp_path, monkeypatch, capsys, arguments, message):

@@ -76,7 +76,7 @@ def test_config_resolves_recipe_defaults(overrides, expected):
         ({"recipe": "slow"}, "recipe must be one of seed, fast"),
         ({"epochs": 0}, "epochs must be at least 1"),
         ({"learning_rate": -1}, "learning_rate must be positive"),
-        ({"image_size": 8}, "image_size must be at least 18"),
+        ({"input_size": 8}, "input_size must be at least 18"),
         ({"test_ratio": 1.5}, "test_ratio must be between 0 and 1"),
     ],
 )

@@ -1,0 +1,59 @@
+"""Command-line flags come from the config dataclasses: one name, one meaning, help beside each field."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from detcrop.classify.baseline.recipes import BaselineConfig
+from detcrop.classify.training import TrainConfig
+from detcrop.data.config import config_overrides, field_help
+from detcrop.data.validate import ValidationConfig
+from detcrop.detect.crop import CropConfig
+from detcrop.pipeline.cli import build_parser
+
+COMMAND_CONFIGS = {"train": TrainConfig, "baseline": BaselineConfig, "crop": CropConfig, "validate": ValidationConfig}
+POSITIONALS = {"train": ["data", "--out", "run"], "baseline": [], "crop": ["photos", "--out", "data"],
+               "validate": ["data"]}
+
+
+@pytest.mark.parametrize("command, config", COMMAND_CONFIGS.items())
+def test_every_config_field_is_a_flag_with_its_comment_as_help(command, config):
+    helps = field_help(config)
+    parser = build_parser()
+    usage = parser._subparsers._group_actions[0].choices[command].format_help()
+    for item in dataclasses.fields(config):
+        assert helps[item.name], f"{config.__name__}.{item.name} has no comment"
+        assert "--" + item.name.replace("_", "-") in usage, item.name
+
+
+@pytest.mark.parametrize("command", ["train", "baseline"])
+@pytest.mark.parametrize("flag", ["--input-size", "--image-size"])
+def test_a_flag_means_the_same_key_in_every_command(command, flag):
+    args = build_parser().parse_args([command, *POSITIONALS[command], flag, "40", "--lr", "0.01", "--seed", "3"])
+    assert config_overrides(args, COMMAND_CONFIGS[command]) == {"input_size": "40", "learning_rate": "0.01", "seed": "3"}
+
+
+def test_list_and_yes_no_flags():
+    args = build_parser().parse_args(["crop", "photos", "--out", "data", "--target", "clock", "--target", "cup,vase"])
+    assert config_overrides(args, CropConfig) == {"targets": ["clock", "cup", "vase"]}
+    args = build_parser().parse_args(["train", "data", "--out", "run", "--no-tta", "--no-class-weights"])
+    assert config_overrides(args, TrainConfig) == {"tta_flip": False, "class_weights": False}
+    args = build_parser().parse_args(["train", "data", "--out", "run"])
+    assert config_overrides(args, TrainConfig) == {}  # flags left out keep the config file's or the default
+
+
+def test_only_expected_failures_become_one_line_anything_else_keeps_its_traceback(monkeypatch, capsys, tmp_path):
+    from detcrop.pipeline import cli
+    from detcrop.pipeline.commands import validate
+
+    def bug(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(validate, "run", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["validate", str(tmp_path)])
+    monkeypatch.undo()
+    assert cli.main(["validate", str(tmp_path / "missing")]) == 2  # MissingFileError: a DetcropError
+    assert "dataset folder not found" in capsys.readouterr().err
