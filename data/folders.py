@@ -296,11 +296,11 @@ def add_images(
     check_class_name(class_name)
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"{root}: expected a dataset folder, got a file")
+        raise NotAFolderError(f"{root}: expected a dataset folder, got a file")
     folder = root / class_name
     check_output_path(folder, "DATASET/CLASS", inputs=[("the image", path) for path in paths])
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: expected a class folder, got a file")
+        raise NotAFolderError(f"{folder}: expected a class folder, got a file")
     # The dataset and the class are created up front (as `add --help` says), so a class
     # whose every image failed still exists to add to and names itself in the counts.
     folder.mkdir(parents=True, exist_ok=True)

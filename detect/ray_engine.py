@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from detcrop.data.atomic import atomic_write_json
 from detcrop.data.config import config_to_dict
-from detcrop.data.errors import DetcropError
+from detcrop.data.errors import DetcropError, UsageError
 from detcrop.data.folders import check_class_name, not_an_image
 from detcrop.data.images import IMAGE_EXTENSIONS, bytes_sha256, is_image_path
 from detcrop.data.layout import MANIFEST_NAME
@@ -196,7 +196,7 @@ def crop_photos_ray(
     and stops here. The dataset equals the local engine's, file for file and record for record.
     """
     if workers < 1 or batch_size < 1:
-        raise ValueError(f"workers and batch_size must be >= 1, got {workers} and {batch_size}")
+        raise UsageError(f"workers and batch_size must be >= 1, got {workers} and {batch_size}")
     ray = import_ray()
     dataset = Path(dataset)
     if label is not None:
