@@ -256,3 +256,51 @@ def write_reports(
         paths["mistakes"] = run_dir / f"{prefix}{MISTAKES_NAME}"
         atomic_write_bytes(paths["mistakes"], plot_mistakes(mistakes, metrics["class_names"]))
     return paths
+
+
+COVERAGE_PLOT_NAME = "coverage.png"
+COVERAGE_TABLE_NAME = "coverage.txt"
+
+
+def plot_coverage(thresholds: np.ndarray, coverage: np.ndarray, accuracy: np.ndarray,
+                  chosen_threshold: float | None = None) -> bytes:
+    """PNG bytes of accuracy against coverage (answering only above a probability threshold)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    axis.plot(coverage, accuracy, "-", color="tab:blue")
+    if chosen_threshold is not None:
+        index = int(np.searchsorted(-np.asarray(thresholds), -chosen_threshold, side="right")) - 1
+        index = min(max(index, 0), len(coverage) - 1)
+        axis.plot([coverage[index]], [accuracy[index]], "o", color="tab:red",
+                  label=f"unknown threshold {chosen_threshold:.3f}: coverage {coverage[index]:.2f}, "
+                        f"accuracy {accuracy[index]:.3f}")
+        axis.legend(loc="lower left", fontsize=8)
+    axis.set_xlabel("coverage (share of photos answered)")
+    axis.set_ylabel("accuracy of the answered")
+    axis.set_xlim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.set_title("selective prediction on the validation split")
+    return _figure_png(figure)
+
+
+def format_coverage_table(rows: Sequence[dict], chosen_threshold: float | None = None) -> str:
+    lines = ["coverage  threshold  accuracy", "--------  ---------  --------"]
+    lines += [f"{row['coverage']:>8.3f}  {row['threshold']:>9.4f}  {row['accuracy']:>8.4f}" for row in rows]
+    if chosen_threshold is not None:
+        lines.append(f"unknown threshold stored in the bundle: {chosen_threshold:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def write_coverage_report(run_dir: str | os.PathLike, probabilities: np.ndarray, y_true: np.ndarray,
+                          chosen_threshold: float | None = None, prefix: str = "") -> tuple[list[dict], dict[str, Path]]:
+    """coverage.png and coverage.txt (accuracy when answering only the most confident share); returns the table."""
+    from detcrop.classify.calibration import accuracy_coverage_curve, coverage_table
+
+    run_dir = Path(run_dir)
+    rows = coverage_table(probabilities, y_true)
+    paths = {"coverage_plot": run_dir / f"{prefix}{COVERAGE_PLOT_NAME}",
+             "coverage_table": run_dir / f"{prefix}{COVERAGE_TABLE_NAME}"}
+    atomic_write_bytes(paths["coverage_plot"],
+                       plot_coverage(*accuracy_coverage_curve(probabilities, y_true), chosen_threshold))
+    atomic_write_text(paths["coverage_table"], format_coverage_table(rows, chosen_threshold))
+    return rows, paths

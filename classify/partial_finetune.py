@@ -1,0 +1,322 @@
+"""Fine-tuning the top of a frozen base on activations cached once at a cut.
+
+Full fine-tuning runs the whole base forward and backward on every image every epoch, which
+on 2 CPU cores costs minutes per epoch. Most of that work is in the lower blocks, which a
+small dataset should not change anyway. So the base is cut in two at a block (`train_from`,
+e.g. ``block6a`` of EfficientNet-Lite0):
+
+- the **lower part** (stem up to the cut) stays frozen: its output for every image and its
+  mirror is computed once and cached on disk as float16, keyed like the feature cache
+  (image content hash, backbone, input size, weights source, cut; see `ActivationCache`);
+- the **upper part** (the blocks from the cut up, the head conv) and the classifier head
+  train on those cached maps, BatchNorm frozen and in inference mode, with augmentation that
+  works on maps: the cached mirror image chosen at random, random shifts of the maps by up to
+  `shift` cells (symmetric padding, then a random crop back to size) and optional mixup.
+
+The upper layers are the base's own layers, so training them updates the base in place and
+the bundle is composed exactly as for a frozen base. The kept epoch is the best val
+accuracy (ties to the lower val loss); the result replaces the frozen head only if it beats
+the frozen head's val accuracy.
+
+Example (what `train` does with ``TrainConfig(train_from="block6a")``)::
+
+    result = partial_fine_tune(base, preprocessing, head, settings, images, labels, train_rows, val_rows, ...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
+from detcrop.data.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Bumped when the way activations are computed changes (invalidates every cache folder).
+ACTIVATION_VERSION = 1
+#: Where `TrainConfig(train_from="auto")` cuts each backbone (chosen on watches-brands' val split; README).
+DEFAULT_CUTS = {f"efficientnet-lite{index}": "block6a" for index in range(3)}
+
+
+def default_activation_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/detcrop/activations``, else ``~/.cache/detcrop/activations``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "detcrop" / "activations"
+
+
+class ActivationCache:
+    """Feature maps at one cut of one (backbone, input size, weights source), float16 on disk.
+
+    Same layout and keying as `classify.features.FeatureCache`:
+    ``ROOT/<backbone>-<size>px-<cut>-<digest>/<image sha256>[.flip].npy``.
+    """
+
+    def __init__(self, root: str | os.PathLike, backbone: str, input_size: int, weights_source: str, cut: str):
+        self.identity = {
+            "backbone": backbone,
+            "input_size": int(input_size),
+            "weights_source": weights_source,
+            "cut": cut,  # the maps are the input of this layer
+            "resize": "keras.layers.Resizing bilinear antialias",
+            "dtype": "float16",
+            "activation_version": ACTIVATION_VERSION,
+        }
+        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = Path(root) / f"{backbone}-{int(input_size)}px-{cut}-{digest}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        identity_path = self.folder / "identity.json"
+        if not identity_path.exists():
+            atomic_write_json(identity_path, self.identity)
+
+    def path(self, sha256: str, variant: str = "orig") -> Path:
+        return self.folder / (f"{sha256}.npy" if variant == "orig" else f"{sha256}.{variant}.npy")
+
+    def get(self, sha256: str, variant: str = "orig") -> np.ndarray | None:
+        path = self.path(sha256, variant)
+        try:
+            return np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            logger.warning("%s: unreadable cached activations (%s); recomputing", path, error)
+            return None
+
+    def put(self, sha256: str, variant: str, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(array, dtype=np.float16), allow_pickle=False)
+        atomic_write_bytes(self.path(sha256, variant), buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class PartialSettings:
+    """How the top of the base is fine-tuned (the `TrainConfig` fields it comes from in brackets)."""
+
+    train_from: str  # first layer-name prefix that trains, e.g. "block6a" (train_from)
+    epochs: int = 8  # epochs on cached activations (partial_epochs)
+    learning_rate: float = 5e-4  # peak Adam learning rate, cosine decay to 0 after one warm-up epoch (partial_learning_rate)
+    shift: int = 1  # random shift of the maps by up to this many cells (partial_shift)
+    mixup: float = 0.0  # mixup Beta(a, a) parameter; 0 = off (partial_mixup)
+    batch_size: int = 32
+    label_smoothing: float = 0.1
+    class_weights: bool = True
+    seed: int = 0
+
+
+@dataclass
+class PartialResult:
+    """What `partial_fine_tune` did."""
+
+    improved: bool  # False: the frozen head was better on val and the base was restored
+    best_epoch: int  # 0-based epoch kept
+    val_acc: float  # val accuracy of the kept weights (no TTA)
+    history: dict[str, list]
+    val_probabilities: np.ndarray | None  # (len(val_kept), classes) of the kept model, flip-TTA averaged when asked
+    val_kept: np.ndarray  # positions in val_rows that the probabilities are for
+    kept: np.ndarray  # rows (of paths) that have activations, ascending
+    timings: dict[str, float]
+
+
+def split_at(base, train_from: str):
+    """(lower, upper, cut layer name): ``base == upper(lower(x))``; `upper` starts at `train_from`.
+
+    The cut is the input of the first layer whose name starts with `train_from`; every layer
+    from there on belongs to `upper` (the same layer objects as in `base`).
+    """
+    import keras
+
+    names = [layer.name for layer in base.layers]
+    first = next((index for index, name in enumerate(names) if name.startswith(train_from)), None)
+    if first is None or first == 0:
+        blocks = sorted({name.split("_")[0] for name in names[1:]})
+        raise ConfigError(f"{base.name}: no layer starts with {train_from!r}; block names: {', '.join(blocks)}")
+    cut_layer = base.layers[first]
+    cut = cut_layer.input
+    if isinstance(cut, (list, tuple)):
+        raise ConfigError(f"{base.name}: {cut_layer.name} has several inputs; cut at a block start")
+    lower = keras.Model(base.input, cut, name=f"{base.name}_below_{train_from}")
+    upper = keras.Model(cut, base.output, name=f"{base.name}_from_{train_from}")
+    # Layers of `upper` that live below the cut would mean a skip connection across it.
+    lower_names = {layer.name for layer in lower.layers}
+    crossing = [layer.name for layer in upper.layers[1:] if layer.name in lower_names]
+    if crossing:
+        raise ConfigError(f"{base.name}: cutting at {train_from!r} crosses a skip connection ({crossing[0]})")
+    return lower, upper, cut_layer.name
+
+
+def _lower_model(lower, preprocessing, input_size: int):
+    import keras
+
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    x = inputs
+    for layer in preprocessing:
+        x = layer(x)
+    return keras.Model(inputs, lower(x, training=False), name="activations")
+
+
+def _trainable_model(upper, head, map_shape):
+    """maps -> upper (BatchNorm in inference mode) -> pool -> head."""
+    import keras
+
+    for layer in upper.layers:
+        # BatchNorm statistics were learnt on far more images than these; keep them.
+        layer.trainable = bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
+    inputs = keras.Input(map_shape, name="maps")
+    x = upper(inputs, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, head(x), name="partial")
+
+
+def _train_dataset(orig: np.ndarray, flip: np.ndarray | None, labels: np.ndarray, classes: int,
+                   settings: PartialSettings, sample_weights: np.ndarray | None):
+    """Batches of augmented maps: a random mirror, a random shift, optional mixup."""
+    import tensorflow as tf
+
+    height, width = orig.shape[1:3]
+    targets = np.eye(classes, dtype=np.float32)[labels]
+    smoothing = settings.label_smoothing
+    targets = targets * (1.0 - smoothing) + smoothing / classes
+    weights = np.ones(len(labels), np.float32) if sample_weights is None else sample_weights.astype(np.float32)
+    shift = settings.shift
+
+    def pick(index):
+        if flip is None:
+            return tf.gather(orig_t, index)
+        use_flip = tf.random.uniform((), 0, 1) < 0.5
+        return tf.cond(use_flip, lambda: tf.gather(flip_t, index), lambda: tf.gather(orig_t, index))
+
+    orig_t = tf.constant(orig)
+    flip_t = tf.constant(flip) if flip is not None else None
+
+    def augment(index):
+        maps = tf.cast(pick(index), tf.float32)
+        if shift:
+            padded = tf.pad(maps, [[shift, shift], [shift, shift], [0, 0]], mode="SYMMETRIC")
+            dy = tf.random.uniform((), 0, 2 * shift + 1, dtype=tf.int32)
+            dx = tf.random.uniform((), 0, 2 * shift + 1, dtype=tf.int32)
+            maps = padded[dy:dy + height, dx:dx + width, :]
+        return maps, tf.gather(targets_t, index), tf.gather(weights_t, index)
+
+    targets_t, weights_t = tf.constant(targets), tf.constant(weights)
+    data = (tf.data.Dataset.range(len(labels))
+            .shuffle(len(labels), seed=settings.seed, reshuffle_each_iteration=True)
+            .map(augment)
+            .batch(settings.batch_size))
+    if settings.mixup > 0:
+        alpha = settings.mixup
+
+        def mix(maps, target, weight):
+            # lam ~ Beta(alpha, alpha) as a ratio of two Gamma(alpha) draws.
+            draws = tf.random.gamma([2], alpha)
+            lam = draws[0] / (draws[0] + draws[1])
+            order = tf.random.shuffle(tf.range(tf.shape(maps)[0]))
+            maps = lam * maps + (1 - lam) * tf.gather(maps, order)
+            target = lam * target + (1 - lam) * tf.gather(target, order)
+            return maps, target, weight
+
+        data = data.map(mix)
+    return data.prefetch(2)
+
+
+def partial_fine_tune(base, preprocessing, head, settings: PartialSettings, paths: Sequence, sha256s: Sequence[str],
+                      labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, classes: int,
+                      cache: ActivationCache | None, input_size: int, backbone: str, weights_source: str,
+                      cache_root: str | os.PathLike | None = None, frozen_val_acc: float = -1.0,
+                      tta_flip: bool = True, feature_batch_size: int = 32, progress: bool = True,
+                      history: dict[str, list] | None = None, callbacks: Sequence = ()) -> PartialResult:
+    """Fine-tune `base` from `settings.train_from` up, and `head`, on cached activations.
+
+    `paths`, `sha256s` and `labels` describe every image; `train_rows` and `val_rows` index
+    them. Images whose activations cannot be computed are dropped (their features were
+    already reported unreadable). `base` and `head` are updated in place; when the best epoch
+    does not beat `frozen_val_acc` they are restored and `improved` is False.
+    """
+    import keras
+
+    from detcrop.classify.features import extract_features
+
+    timings: dict[str, float] = {}
+    history = {} if history is None else history
+    lower, upper, cut_name = split_at(base, settings.train_from)
+    if cache is None:
+        cache = ActivationCache(cache_root or default_activation_cache_dir(), backbone, input_size, weights_source,
+                                cut_name)
+    tick = time.perf_counter()
+    rows = np.concatenate([train_rows, val_rows])
+    activations = extract_features([paths[row] for row in rows], [sha256s[row] for row in rows],
+                                   _lower_model(lower, preprocessing, input_size), cache, input_size,
+                                   ("orig", "flip"), feature_batch_size, progress)
+    timings["activations"] = time.perf_counter() - tick
+    kept = np.asarray(activations.kept, dtype=np.int64)
+    is_train = kept < len(train_rows)
+    orig, flip = activations.features["orig"], activations.features["flip"]
+    train_orig, train_flip = orig[is_train], flip[is_train]
+    val_orig, val_flip = orig[~is_train], flip[~is_train]
+    train_y = labels[rows[kept[is_train]]]
+    val_y = labels[rows[kept[~is_train]]]
+    logger.info("activations at %s: %s per image; %d train, %d val (%.0f s)", cut_name,
+                "x".join(str(size) for size in orig.shape[1:]), len(train_y), len(val_y), timings["activations"])
+
+    val_kept = kept[~is_train] - len(train_rows)
+    kept_rows = np.sort(rows[kept])
+    initial_weights = [layer.get_weights() for layer in upper.layers], head.get_weights()
+    model = _trainable_model(upper, head, orig.shape[1:])
+    sample_weights = None
+    if settings.class_weights:
+        counts = np.bincount(train_y, minlength=classes).astype(np.float64)
+        per_class = np.where(counts > 0, len(train_y) / (classes * np.maximum(counts, 1)), 0.0)
+        sample_weights = per_class[train_y]
+    # The map augmentation draws from TensorFlow's unseeded stateful ops: not bit-for-bit repeatable.
+    data = _train_dataset(train_orig, train_flip, train_y, classes, settings, sample_weights)
+    steps = int(np.ceil(len(train_y) / settings.batch_size))
+    warmup = min(steps, steps * settings.epochs // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, steps * settings.epochs - warmup), warmup_target=settings.learning_rate,
+        warmup_steps=warmup)
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss=keras.losses.CategoricalCrossentropy(),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    val_targets = keras.utils.to_categorical(val_y, classes)
+    best = {"key": (-np.inf, -np.inf), "weights": None, "epoch": -1}
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            key = (float(logs.get("val_accuracy", -np.inf)), -float(logs.get("val_loss", np.inf)))
+            if best["weights"] is None or key > best["key"]:
+                best.update(key=key, weights=self.model.get_weights(), epoch=epoch)
+            row = {"loss": logs.get("loss"), "accuracy": logs.get("accuracy"), "val_loss": logs.get("val_loss"),
+                   "val_accuracy": logs.get("val_accuracy"),
+                   "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), "phase": "partial"}
+            for name, value in row.items():
+                history.setdefault(name, []).append(value if isinstance(value, str) or value is None else float(value))
+            logger.info("partial epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.2e",
+                        epoch + 1, row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"], row["lr"])
+
+    tick = time.perf_counter()
+    model.fit(data, validation_data=(val_orig.astype(np.float32), val_targets), epochs=settings.epochs,
+              verbose=0, shuffle=False, callbacks=[Keep(), *callbacks])
+    timings["train"] = time.perf_counter() - tick
+    val_acc = best["key"][0]
+    if val_acc <= frozen_val_acc:
+        logger.info("partial fine-tuning reached val_acc %.4f, not above the frozen head's %.4f: keeping the "
+                    "frozen base and head", val_acc, frozen_val_acc)
+        for layer, weights in zip(upper.layers, initial_weights[0]):
+            layer.set_weights(weights)
+        head.set_weights(initial_weights[1])
+        return PartialResult(False, best["epoch"], val_acc, history, None, val_kept, kept_rows, timings)
+    model.set_weights(best["weights"])
+    probabilities = np.asarray(model.predict(val_orig.astype(np.float32), batch_size=64, verbose=0))
+    if tta_flip:
+        probabilities = (probabilities + np.asarray(model.predict(val_flip.astype(np.float32), batch_size=64,
+                                                                  verbose=0))) / 2
+    return PartialResult(True, best["epoch"], val_acc, history, probabilities, val_kept, kept_rows, timings)

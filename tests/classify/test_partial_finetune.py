@@ -1,0 +1,109 @@
+"""Partial fine-tuning on cached activations: the cut, the cache, and `train` end to end (scratch at 32 px)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("keras")
+
+from detcrop.classify.bundle import load_bundle
+from detcrop.classify.partial_finetune import ActivationCache, split_at
+from detcrop.classify.training import train
+from detcrop.data.config import ConfigError
+from detcrop.data.images import load_image_array
+
+from test_classify_training import make_dataset, quick_config
+
+
+def test_split_at_composes_back_to_the_base():
+    import keras
+
+    from detcrop.classify.backbones import build_base
+
+    base, _ = build_base("scratch", 32, None, seed=0)
+    lower, upper, cut = split_at(base, "conv2")
+    assert cut == "conv2" and tuple(lower.output.shape[1:]) == (8, 8, 32)
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(upper(lower(images, training=False), training=False)),
+                               np.asarray(base(images, training=False)), atol=1e-6)
+    assert all(layer in base.layers for layer in upper.layers[1:])  # the base's own layers, trained in place
+    with pytest.raises(ConfigError, match="no layer starts with 'block9'"):
+        split_at(base, "block9")
+    del keras
+
+
+def test_lite0_cut_at_block6a_is_exact():
+    from detcrop.classify.backbones.efficientnet_lite import build_efficientnet_lite0
+
+    base = build_efficientnet_lite0((64, 64, 3), weights=None)
+    lower, upper, cut = split_at(base, "block6a")
+    assert cut == "block6a_expand_conv" and tuple(lower.output.shape[1:]) == (4, 4, 112)
+    images = np.random.default_rng(1).uniform(-1, 1, size=(2, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(upper(lower(images, training=False), training=False)),
+                               np.asarray(base(images, training=False)), atol=1e-5)
+
+
+def test_activation_cache_is_keyed_by_cut_and_stores_float16(tmp_path):
+    first = ActivationCache(tmp_path, "scratch", 32, "random-init:seed=0", "conv2")
+    other = ActivationCache(tmp_path, "scratch", 32, "random-init:seed=0", "conv1")
+    assert first.folder != other.folder
+    first.put("ab" * 32, "flip", np.ones((2, 2, 3), np.float32))
+    assert first.get("ab" * 32, "flip").dtype == np.float16 and first.get("ab" * 32) is None
+    assert other.get("ab" * 32, "flip") is None
+
+
+@pytest.fixture(scope="module")
+def partial_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("partial")
+    dataset = make_dataset(tmp_path / "data", per_class=10)
+    config = quick_config(tmp_path, train_from="conv2", partial_epochs=3, partial_mixup=0.2, epochs=2)
+    return tmp_path, dataset, train(dataset, tmp_path / "run", config, progress=False)
+
+
+def test_train_with_partial_fine_tuning_writes_a_consistent_bundle(partial_run):
+    tmp_path, dataset, result = partial_run
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["phase"].count("partial") == 3 and history["phase"][0] == "head"
+    assert {"partial_activations", "partial_train"} <= set(result.timings)
+    cached = list((tmp_path / "cache" / "activations").glob("scratch-32px-conv2-*/*.flip.npy"))
+    assert len(cached) == 30  # every image's mirror, once
+    # Whatever phase won, the saved model reproduces the reported val accuracy from raw pixels.
+    bundle = load_bundle(tmp_path / "run")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    images = [load_image_array(path) for path in split["val"]]
+    labels = np.array([bundle.class_names.index(path.split("/")[-2]) for path in split["val"]])
+    probabilities = bundle.predict(images)
+    assert float((probabilities.argmax(1) == labels).mean()) == pytest.approx(result.metrics["accuracy"])
+
+
+def test_partial_fine_tuning_changes_the_base_only_when_it_wins(tmp_path):
+    """Colour squares are easy: when the frozen head is already perfect, the base must stay as it was."""
+    from detcrop.classify.backbones import build_base
+
+    dataset = make_dataset(tmp_path / "data", per_class=10)
+    config = quick_config(tmp_path, train_from="conv2", partial_epochs=2, epochs=30, patience=30)
+    result = train(dataset, tmp_path / "run", config, progress=False)
+    model = load_bundle(tmp_path / "run").model
+    saved = next(layer for layer in model.layers if layer.name == "scratch").get_layer("conv2").get_weights()[0]
+    fresh = build_base("scratch", 32, None, seed=0)[0].get_layer("conv2").get_weights()[0]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    head_best = max(acc for acc, phase in zip(history["val_accuracy"], history["phase"]) if phase == "head")
+    partial_best = max(acc for acc, phase in zip(history["val_accuracy"], history["phase"]) if phase == "partial")
+    if partial_best > head_best:
+        assert not np.allclose(saved, fresh)
+    else:
+        np.testing.assert_array_equal(saved, fresh)
+    assert result.metrics["accuracy"] >= head_best - 1e-9 or partial_best > head_best
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train_from": "conv2", "fine_tune_layers": 3}, "choose one"),
+    ({"partial_epochs": 0}, "partial_epochs >= 1"),
+    ({"partial_mixup": -1.0}, "partial_mixup >= 0"),
+])
+def test_bad_partial_settings_are_refused(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        quick_config(tmp_path, **overrides)
