@@ -26,7 +26,7 @@ from detcrop.pipeline.ui.project import Project, ProjectError, TrainSettings
 logger = logging.getLogger(__name__)
 
 #: TrainConfig values the page uses beyond its four settings. For speed on a beginner's laptop:
-#: 224 px instead of the CLI's 320, no mirrored features (half the backbone passes), no
+#: 224 px, no mirrored features (half the backbone passes), no
 #: fine-tuning phase (neither partial nor full: the CLI's default partial fine-tuning costs minutes).
 UI_TRAIN_DEFAULTS = {"backbone": "efficientnet-lite0", "input_size": 224, "fine_tune_layers": 0, "train_from": "",
                      "mistakes": 8, "flip_features": False, "tta_flip": False}
