@@ -28,6 +28,8 @@ def main() -> int:
     parser.add_argument("--photos", default=str(Path(__file__).resolve().parents[2] / "shared/data/clock-scenes"))
     parser.add_argument("--limit", type=int, default=29, help="photos to use")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runtime", choices=("tensorflow", "onnx"), default="tensorflow",
+                        help="runtime of the detector and the classifier (as `predict --runtime`)")
     args = parser.parse_args()
 
     import numpy as np
@@ -43,7 +45,7 @@ def main() -> int:
         print(f"no photos under {args.photos}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    scorer = Scorer.load(args.run)
+    scorer = Scorer.load(args.run, detector_runtime=args.runtime, classifier_runtime=args.runtime)
     load_seconds = time.perf_counter() - start
     images = [load_image_array(path) for path in paths]
     model, size = scorer.bundle.model, scorer.bundle.input_size

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ray-workers", type=int, default=2)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray jobs")
+    parser.add_argument("--ray-runtimes", nargs="+", choices=RUNTIMES, default=["onnx"],
+                        help="detector runtimes of the Ray jobs (default onnx: TensorFlow actors need ~1.5 GB each)")
     args = parser.parse_args(argv)
     photos = sorted(path for folder in args.folders for path in folder.rglob("*") if path.is_file()
                     and is_image_path(path))
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         for image in images[:3]:  # graph optimisation happens on the first calls
             detector.detect(image)
 
+    count = len(images)
     forward: dict[str, list[tuple[float, float]]] = {runtime: [] for runtime in RUNTIMES}
     jobs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_runtime_") as scratch:
@@ -78,20 +81,23 @@ def main(argv: list[str] | None = None) -> int:
         for round_number in range(args.rounds):
             for runtime, detector in detectors.items():
                 forward[runtime].append(_timed(lambda: [detector.detect(image) for image in images]))
+                print(f"round {round_number}: raw {runtime} {count / forward[runtime][-1][0]:.2f} photos/s", flush=True)
                 out = Path(scratch) / f"local-{runtime}-{round_number}"
                 wall, _ = _timed(lambda: crop_photos(inputs, out, CropConfig(runtime=runtime), detector=detector,
                                                      progress=False))
                 jobs.setdefault(f"local engine, {runtime}", []).append(len(photos) / wall)
+                print(f"round {round_number}: local job {runtime} {len(photos) / wall:.2f} photos/s", flush=True)
             if not args.no_ray:
                 from detcrop.detect.ray_engine import crop_photos_ray
 
-                for runtime in RUNTIMES:
+                for runtime in args.ray_runtimes:
                     out = Path(scratch) / f"ray-{runtime}-{round_number}"
                     wall, _ = _timed(lambda: crop_photos_ray(inputs, out, CropConfig(runtime=runtime),
                                                              progress=False, workers=args.ray_workers))
                     jobs.setdefault(f"ray engine, {args.ray_workers} workers, {runtime}", []).append(len(photos) / wall)
+                    print(f"round {round_number}: ray job {runtime} {len(photos) / wall:.2f} photos/s ({wall:.0f} s)",
+                          flush=True)
 
-    count = len(images)
     rate = {runtime: statistics.median(count / wall for wall, _ in forward[runtime]) for runtime in RUNTIMES}
     cpu_ms = {runtime: statistics.median(1000 * cpu / count for _, cpu in forward[runtime]) for runtime in RUNTIMES}
     sizes = [image.shape[0] * image.shape[1] / 1e6 for image in images]
