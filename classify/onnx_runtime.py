@@ -1,4 +1,4 @@
-"""A bundle's classifier run by ONNX Runtime (`detcrop predict --runtime onnx`).
+"""Classifier and backbone run by ONNX Runtime (`predict --runtime onnx`, `train --runtime onnx`).
 
 The classifier after its resize layer is converted once by tf2onnx (`export.onnx_classifier_bytes`)
 and cached under `~/.cache/detcrop/onnx/`, named by the content hash of the run's model.keras.
@@ -54,3 +54,36 @@ def onnx_bundle(bundle, run_dir: str | os.PathLike, cache_root: str | os.PathLik
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, onnx_classifier_bytes(bundle))
     return dataclasses.replace(bundle, model=OnnxClassifier(target, len(bundle.class_names)))
+
+
+class OnnxFeatureModel:
+    """train's frozen feature model run by ONNX Runtime, called like the Keras model by `extract_features`.
+
+    Converted by tf2onnx on the first call (about 15 s for Lite0 at 320 px), so a run whose
+    features are all cached never converts. Features equal TensorFlow's within about 1e-5,
+    so both runtimes share one feature cache.
+    """
+
+    def __init__(self, keras_model, input_size: int):
+        self._keras_model = keras_model
+        self._input_size = int(input_size)
+        self._session = None
+        self.output_shape = tuple(keras_model.output_shape)
+
+    def __call__(self, batch, training: bool = False) -> np.ndarray:
+        if self._session is None:
+            self._session = OnnxClassifier(_function_to_onnx(self._keras_model, self._input_size),
+                                           int(self.output_shape[-1]))
+        return self._session(batch)
+
+
+def _function_to_onnx(model, size: int) -> bytes:
+    import tensorflow as tf
+    import tf2onnx
+
+    from detcrop.classify.export import ONNX_OPSET
+
+    signature = [tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")]
+    function = tf.function(lambda pixels: model(pixels, training=False), input_signature=signature)
+    onnx_model, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
+    return onnx_model.SerializeToString()

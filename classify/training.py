@@ -99,12 +99,14 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-4  # Adam learning rate of phase 2 (low, to keep pretrained features)
     feature_batch_size: int = 32  # images per forward pass when computing features
     cache_dir: str = ""  # feature cache folder; "" = ~/.cache/detcrop/features
+    runtime: str = "tensorflow"  # feature pass runtime: "tensorflow" or "onnx" (ONNX Runtime; same cache)
     mistakes: int = 16  # worst mistakes shown in mistakes.png
     target_accuracy: float = 0.0  # > 0: the unknown threshold keeps this accuracy on the val split (answering less); 0 = keep 95% of correct answers
 
     def __post_init__(self) -> None:
         checks = (
             (self.input_size >= 32, "input_size must be >= 32 pixels", self.input_size),
+            (self.runtime in ("tensorflow", "onnx"), "runtime must be tensorflow or onnx", self.runtime),
             (self.epochs >= 1 and self.batch_size >= 1 and self.feature_batch_size >= 1,
              "epochs, batch_size and feature_batch_size must be >= 1",
              (self.epochs, self.batch_size, self.feature_batch_size)),
@@ -286,7 +288,12 @@ def compute_features(examples: Examples, extractor: FeatureExtractor, config: Tr
     from detcrop.classify.features import extract_features
 
     variants = ("orig", "flip") if (config.flip_features or config.tta_flip) else ("orig",)
-    result = extract_features(examples.paths, examples.sha256s, extractor.model, extractor.cache, config.input_size,
+    feature_model = extractor.model
+    if config.runtime == "onnx":
+        from detcrop.classify.onnx_runtime import OnnxFeatureModel
+
+        feature_model = OnnxFeatureModel(extractor.model, config.input_size)
+    result = extract_features(examples.paths, examples.sha256s, feature_model, extractor.cache, config.input_size,
                               variants, config.feature_batch_size, progress)
     examples = examples.keep(result.kept)  # result.features rows follow result.kept
     if not len(examples.train) or not len(examples.val):
