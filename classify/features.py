@@ -39,20 +39,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "detcrop" / "features"
 
 
-class FeatureCache:
-    """Pooled feature vectors of one (backbone, input size, weights source) on disk."""
+class ArrayCache:
+    """Arrays keyed by image content hash, in a folder named by everything that produced them.
 
-    def __init__(self, root: str | os.PathLike, backbone: str, input_size: int, weights_source: str):
-        self.identity = {
-            "backbone": backbone,
-            "input_size": int(input_size),
-            "weights_source": weights_source,
-            "resize": "keras.layers.Resizing bilinear antialias",
-            "pooling": "global-average",
-            "feature_version": FEATURE_VERSION,
-        }
+    Layout: ``ROOT/<name>-<digest>/<image sha256>[.<variant>].npy``, where the digest hashes
+    `identity` (backbone, size, weights source, ...), so a change in any of them is a new folder.
+    """
+
+    kind = "cached arrays"  # said in the warning about an unreadable file
+
+    def __init__(self, root: str | os.PathLike, name: str, identity: dict, dtype: np.dtype | type):
+        self.identity = identity
+        self.dtype = np.dtype(dtype)
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
-        self.folder = Path(root) / f"{backbone}-{int(input_size)}px-{digest}"
+        self.folder = Path(root) / f"{name}-{digest}"
         self.folder.mkdir(parents=True, exist_ok=True)
         identity_path = self.folder / "identity.json"
         if not identity_path.exists():
@@ -68,13 +68,29 @@ class FeatureCache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
-            logger.warning("%s: unreadable cached features (%s); recomputing", path, error)
+            logger.warning("%s: unreadable %s (%s); recomputing", path, self.kind, error)
             return None
 
-    def put(self, sha256: str, variant: str, vector: np.ndarray) -> None:
+    def put(self, sha256: str, variant: str, array: np.ndarray) -> None:
         buffer = io.BytesIO()
-        np.save(buffer, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+        np.save(buffer, np.asarray(array, dtype=self.dtype), allow_pickle=False)
         atomic_write_bytes(self.path(sha256, variant), buffer.getvalue())
+
+
+class FeatureCache(ArrayCache):
+    """Pooled feature vectors of one (backbone, input size, weights source) on disk."""
+
+    kind = "cached features"
+
+    def __init__(self, root: str | os.PathLike, backbone: str, input_size: int, weights_source: str):
+        super().__init__(root, f"{backbone}-{int(input_size)}px", {
+            "backbone": backbone,
+            "input_size": int(input_size),
+            "weights_source": weights_source,
+            "resize": "keras.layers.Resizing bilinear antialias",
+            "pooling": "global-average",
+            "feature_version": FEATURE_VERSION,
+        }, np.float32)
 
 
 @dataclass

@@ -25,9 +25,6 @@ Example (what `train` does with ``TrainConfig(train_from="block6a")``)::
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import os
 import time
@@ -37,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
+from detcrop.classify.features import ArrayCache
 from detcrop.data.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -54,15 +51,17 @@ def default_activation_cache_dir() -> Path:
     return Path(base) / "detcrop" / "activations"
 
 
-class ActivationCache:
+class ActivationCache(ArrayCache):
     """Feature maps at one cut of one (backbone, input size, weights source), float16 on disk.
 
     Same layout and keying as `classify.features.FeatureCache`:
     ``ROOT/<backbone>-<size>px-<cut>-<digest>/<image sha256>[.flip].npy``.
     """
 
+    kind = "cached activations"
+
     def __init__(self, root: str | os.PathLike, backbone: str, input_size: int, weights_source: str, cut: str):
-        self.identity = {
+        super().__init__(root, f"{backbone}-{int(input_size)}px-{cut}", {
             "backbone": backbone,
             "input_size": int(input_size),
             "weights_source": weights_source,
@@ -70,31 +69,7 @@ class ActivationCache:
             "resize": "keras.layers.Resizing bilinear antialias",
             "dtype": "float16",
             "activation_version": ACTIVATION_VERSION,
-        }
-        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
-        self.folder = Path(root) / f"{backbone}-{int(input_size)}px-{cut}-{digest}"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        identity_path = self.folder / "identity.json"
-        if not identity_path.exists():
-            atomic_write_json(identity_path, self.identity)
-
-    def path(self, sha256: str, variant: str = "orig") -> Path:
-        return self.folder / (f"{sha256}.npy" if variant == "orig" else f"{sha256}.{variant}.npy")
-
-    def get(self, sha256: str, variant: str = "orig") -> np.ndarray | None:
-        path = self.path(sha256, variant)
-        try:
-            return np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as error:
-            logger.warning("%s: unreadable cached activations (%s); recomputing", path, error)
-            return None
-
-    def put(self, sha256: str, variant: str, array: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(array, dtype=np.float16), allow_pickle=False)
-        atomic_write_bytes(self.path(sha256, variant), buffer.getvalue())
+        }, np.float16)
 
 
 @dataclass(frozen=True)
