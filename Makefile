@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine (Python 3.10-3.12 with venv):
 #   make demo   set up, then run the whole pipeline offline on the bundled demo photos
 #   make test   set up, then run the test suite
-# Set-up is idempotent: it reinstalls only when pyproject.toml changes.
+# Set-up is idempotent: it reinstalls only when pyproject.toml or this Makefile changes.
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: setup demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test,export,ui,ray]"
