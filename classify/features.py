@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
+from detcrop.data.cache import cache_dir
 from detcrop.data.images import ImageError, load_image_array
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,7 @@ VARIANTS = ("orig", "flip")
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/detcrop/features``, else ``~/.cache/detcrop/features``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "detcrop" / "features"
+    return cache_dir("features")
 
 
 class ArrayCache:

@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from detcrop.classify.features import ArrayCache
+from detcrop.data.cache import cache_dir
 from detcrop.data.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,7 @@ DEFAULT_CUTS = {f"efficientnet-lite{index}": "block6a" for index in range(3)}
 
 def default_activation_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/detcrop/activations``, else ``~/.cache/detcrop/activations``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "detcrop" / "activations"
+    return cache_dir("activations")
 
 
 class ActivationCache(ArrayCache):
@@ -247,9 +247,10 @@ def partial_fine_tune(base, preprocessing, head, settings: PartialSettings, path
     model = _trainable_model(upper, head, orig.shape[1:])
     sample_weights = None
     if settings.class_weights:
-        counts = np.bincount(train_y, minlength=classes).astype(np.float64)
-        per_class = np.where(counts > 0, len(train_y) / (classes * np.maximum(counts, 1)), 0.0)
-        sample_weights = per_class[train_y]
+        from detcrop.classify.training import class_weights  # training imports this module lazily too
+
+        per_class = class_weights(train_y, classes)
+        sample_weights = np.array([per_class[index] for index in range(classes)])[train_y]
     # The map augmentation draws from TensorFlow's unseeded stateful ops: not bit-for-bit repeatable.
     data = _train_dataset(train_orig, train_flip, train_y, classes, settings, sample_weights)
     steps = int(np.ceil(len(train_y) / settings.batch_size))

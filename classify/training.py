@@ -305,7 +305,8 @@ def compute_features(examples: Examples, extractor: FeatureExtractor, config: Tr
 # --------------------------------------------------------------------------- head
 
 
-def _class_weights(labels: np.ndarray, classes: int) -> dict[int, float]:
+def class_weights(labels: np.ndarray, classes: int) -> dict[int, float]:
+    """Inverse-frequency loss weight of each class id (0 for a class with no examples)."""
     counts = np.bincount(labels, minlength=classes).astype(np.float64)
     weights = np.where(counts > 0, len(labels) / (classes * np.maximum(counts, 1)), 0.0)
     return {index: float(weight) for index, weight in enumerate(weights)}
@@ -479,7 +480,7 @@ def fit_head(config: TrainConfig, examples: Examples, features: dict[str, np.nda
     head.fit(
         train_data, steps_per_epoch=steps, epochs=config.epochs, verbose=0, shuffle=False,  # _epoch_batches shuffles
         validation_data=(val_x, keras.utils.to_categorical(val_y, classes)), validation_batch_size=config.batch_size,
-        class_weight=_class_weights(train_y, classes) if config.class_weights else None,
+        class_weight=class_weights(train_y, classes) if config.class_weights else None,
         callbacks=[
             *callbacks,
             watch.callback(),
@@ -703,7 +704,7 @@ def fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: 
                                        to_float)
     model.fit(train_data, steps_per_epoch=steps, validation_data=val_data, epochs=config.fine_tune_epochs,
               initial_epoch=initial_epoch, verbose=0, shuffle=False,  # _epoch_batches shuffles
-              class_weight=_class_weights(train_y, classes) if config.class_weights else None,
+              class_weight=class_weights(train_y, classes) if config.class_weights else None,
               callbacks=[*callbacks, watch.callback(), reduce_lr,
                          _EpochLog(history, run_dir / HISTORY_NAME, "fine-tune").callback(lambda: model.optimizer),
                          Checkpoint(), tensorboard_callback(run_dir, "fine-tune")])

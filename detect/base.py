@@ -130,8 +130,6 @@ DETECTORS: dict[str, DetectorEntry] = {
     "faster-rcnn-resnet50-1024": DetectorEntry("faster-rcnn-resnet50-1024", _load_faster_rcnn,
                                                "TF Hub Faster R-CNN ResNet-50 V1 1024x1024 (COCO)"),
 }
-#: The registered names, in registration order (kept for callers of the earlier tuple).
-KNOWN_DETECTORS = tuple(DETECTORS)
 
 
 def register_detector(name: str, load: Callable[[], Detector], description: str) -> DetectorEntry:
@@ -139,12 +137,10 @@ def register_detector(name: str, load: Callable[[], Detector], description: str)
 
     >>> register_detector("ssd-mobilenet-v2-onnx", lambda: OnnxDetector(...), "SSD on ONNX Runtime")  # doctest: +SKIP
     """
-    global KNOWN_DETECTORS
     if not name or "/" in name or "\\" in name or "://" in name or name.endswith(".pb"):
         raise ValueError(f"a registered detector name must not look like a path or URL, got {name!r}")
     entry = DetectorEntry(name, load, description)
     DETECTORS[name] = entry
-    KNOWN_DETECTORS = tuple(DETECTORS)
     return entry
 
 

@@ -18,7 +18,6 @@ the frozen graph's content hash, so a changed graph never reuses a stale convers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import numpy as np
 from detcrop.data.atomic import atomic_write_bytes
 from detcrop.data.cache import cache_dir
 from detcrop.data.errors import DetcropError
+from detcrop.data.images import file_sha256
 from detcrop.detect.base import DetectorLoadError, check_image
 from detcrop.detect.detections import Detections
 from detcrop.detect.labels import coco_labels
@@ -140,21 +140,13 @@ def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max
 # ---------------------------------------------------------------- conversion
 
 
-def graph_sha256(graph_path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(graph_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def converted_ssd_path(graph_path: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
     """The cached split ONNX conversion of the frozen SSD graph at `graph_path`, converting it if absent.
 
     Conversion takes about a minute (tf2onnx); the file is named by the graph's content hash.
     """
     folder = Path(cache_root) if cache_root is not None else cache_dir("onnx")
-    target = folder / f"ssd-split-v{SPLIT_VERSION}-{graph_sha256(graph_path)[:16]}.onnx"
+    target = folder / f"ssd-split-v{SPLIT_VERSION}-{file_sha256(graph_path)[:16]}.onnx"
     if target.is_file():
         return target
     started = time.perf_counter()

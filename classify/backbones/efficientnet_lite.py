@@ -141,7 +141,7 @@ def find_lite0_weights() -> Path:
     Raises:
         FileNotFoundError: the distribution is not installed or does not hold the file.
     """
-    return find_distribution_file(WEIGHTS_DISTRIBUTION, WEIGHTS_FILE_NAME, "EfficientNet-Lite0 weights")
+    return find_lite_weights("lite0")
 
 
 class _StorageRef:

@@ -167,7 +167,6 @@ def test_registered_detectors_load_by_name_and_crop_uses_them(tmp_path, monkeypa
     from detcrop.detect import base
 
     monkeypatch.setattr(base, "DETECTORS", dict(base.DETECTORS))
-    monkeypatch.setattr(base, "KNOWN_DETECTORS", base.KNOWN_DETECTORS)
     entry = base.register_detector("fake-colour", ColourBoxDetector, "colour boxes, for tests")
     assert base.is_registered_detector("fake-colour") and not base.is_registered_detector("/tmp/model.pb")
     assert isinstance(base.load_detector("fake-colour"), ColourBoxDetector) and entry.name == "fake-colour"
