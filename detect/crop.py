@@ -537,14 +537,14 @@ def _resume_state(dataset: Path) -> set[tuple]:
     return {_record_key(record) for record in records}
 
 
-def _warn_stale_records(dataset: Path, seen: set[tuple]) -> list[CropRecord]:
+def _warn_stale_records(dataset: Path, records: list[CropRecord], seen: set[tuple]) -> list[CropRecord]:
     """Records of photos that are gone from the input or now carry another label; logged, not deleted.
 
     `seen` holds the keys of this run's input photos. The crops stay (deleting a user's files
     on a guess is worse), but `train` reads the class folders, so a relabelled photo would
     otherwise train under both labels unnoticed.
     """
-    stale = [record for record in read_manifest(dataset / MANIFEST_NAME) if _record_key(record) not in seen]
+    stale = [record for record in records if _record_key(record) not in seen]
     if stale:
         examples = ", ".join(sorted({record.source_path for record in stale})[:3])
         logger.warning("%s: %d manifest record(s) are of photos no longer in the input or now under another "
@@ -553,9 +553,8 @@ def _warn_stale_records(dataset: Path, seen: set[tuple]) -> list[CropRecord]:
     return stale
 
 
-def _summarise(dataset: Path, summary: CropSummary) -> CropSummary:
+def _summarise(records: list[CropRecord], summary: CropSummary) -> CropSummary:
     statuses: dict[str, set[tuple]] = {STATUS_CROPPED: set(), STATUS_EMPTY: set(), STATUS_FAILED: set()}
-    records = read_manifest(dataset / MANIFEST_NAME)
     for record in records:
         statuses[record.status].add(_record_key(record))
         if record.status == STATUS_CROPPED:
@@ -566,6 +565,16 @@ def _summarise(dataset: Path, summary: CropSummary) -> CropSummary:
     summary.failed = len(statuses[STATUS_FAILED])
     summary.crops_per_label = dict(sorted(summary.crops_per_label.items()))
     summary.manifest_records = len(records)
+    return summary
+
+
+def finish_crop_run(dataset: Path, summary: CropSummary, seen: set[tuple]) -> CropSummary:
+    """The end of a crop job (any engine): read the manifest once, warn about stale records,
+    count what it holds into `summary` and write summary.json."""
+    records = read_manifest(dataset / MANIFEST_NAME)
+    _warn_stale_records(dataset, records, seen)
+    summary = _summarise(records, summary)
+    atomic_write_json(dataset / SUMMARY_NAME, summary.to_dict())
     return summary
 
 
@@ -659,7 +668,4 @@ def _crop_into(dataset: Path, photos: list[Photo], skipped: list[Skipped], confi
             else:
                 outcome = _crop_image(loaded.image, config, detector, source, photo.label, loaded.sha256)
             write_outcome(dataset, outcome, writer)
-    _warn_stale_records(dataset, seen)
-    summary = _summarise(dataset, summary)
-    atomic_write_json(dataset / SUMMARY_NAME, summary.to_dict())
-    return summary
+    return finish_crop_run(dataset, summary, seen)

@@ -32,8 +32,8 @@ from detcrop.data.locks import folder_lock
 from detcrop.data.manifest import ManifestWriter
 from detcrop.data.outputs import check_output_path
 from detcrop.detect.crop import (
-    CROP_CONFIG_NAME, SUMMARY_NAME, CropConfig, CropSummary, NoPhotosError, PhotoOutcome, _check_config,
-    _photo_key, _resume_state, _summarise, _warn_stale_records, crop_photo, default_label, list_photos,
+    CROP_CONFIG_NAME, CropConfig, CropSummary, NoPhotosError, PhotoOutcome, _check_config,
+    _photo_key, _resume_state, crop_photo, default_label, finish_crop_run, list_photos,
     write_outcome,
 )
 
@@ -260,10 +260,7 @@ def _run(ray, dataset: Path, photos: list[InputPhoto], skipped: list, filesystem
                 seen.add(key)
                 write_outcome(dataset, outcome, writer)
         bar.close()
-    _warn_stale_records(dataset, seen)
-    summary = _summarise(dataset, summary)
-    atomic_write_json(dataset / SUMMARY_NAME, summary.to_dict())
-    return summary
+    return finish_crop_run(dataset, summary, seen)
 
 
 __all__ = ["CropActor", "InputPhoto", "PhotoOutcome", "RayMissingError", "crop_photos_ray", "import_ray",
