@@ -64,14 +64,17 @@ def onnx_classifier_bytes(bundle) -> bytes:
     Input `pixels`: float32 `[batch, S, S, 3]`, raw 0..255 RGB already resized to the bundle's
     input size (`classify.bundle.resize_images`); output: probabilities `[batch, classes]`.
     """
+    return keras_to_onnx_bytes(_tflite_source_model(bundle), bundle.input_size)
+
+
+def keras_to_onnx_bytes(model, size: int) -> bytes:
+    """`model` called in inference mode on float32 `pixels` `[batch, size, size, 3]`, as serialized ONNX."""
     import tensorflow as tf
 
     try:
         import tf2onnx
     except ImportError:
         raise ImportError("ONNX export needs tf2onnx and onnxruntime: pip install 'detcrop[export]'") from None
-    model = _tflite_source_model(bundle)
-    size = bundle.input_size
     signature = [tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")]
     # A tf.function with training=False (BatchNormalization in inference mode; see _write_saved_model).
     function = tf.function(lambda pixels: model(pixels, training=False), input_signature=signature)

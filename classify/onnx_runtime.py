@@ -72,18 +72,9 @@ class OnnxFeatureModel:
 
     def __call__(self, batch, training: bool = False) -> np.ndarray:
         if self._session is None:
-            self._session = OnnxClassifier(_function_to_onnx(self._keras_model, self._input_size),
+            from detcrop.classify.export import keras_to_onnx_bytes
+
+            self._session = OnnxClassifier(keras_to_onnx_bytes(self._keras_model, self._input_size),
                                            int(self.output_shape[-1]))
         return self._session(batch)
 
-
-def _function_to_onnx(model, size: int) -> bytes:
-    import tensorflow as tf
-    import tf2onnx
-
-    from detcrop.classify.export import ONNX_OPSET
-
-    signature = [tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")]
-    function = tf.function(lambda pixels: model(pixels, training=False), input_signature=signature)
-    onnx_model, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
-    return onnx_model.SerializeToString()

@@ -187,10 +187,12 @@ class Project:
             raise ProjectError("no such thumbnail", 404)
         return path
 
-    def short_classes(self) -> dict[str, int]:
-        """Classes with fewer images than training needs, and their counts."""
+    def short_classes(self, counts: dict[str, int] | None = None) -> dict[str, int]:
+        """Classes with fewer images than training needs, and their counts (`counts`: images
+        per class when the caller has listed them already)."""
         need = self.limits.min_images_per_class
-        counts = {name: len(self.image_ids(name)) for name in self.class_names()}
+        if counts is None:
+            counts = {name: len(self.image_ids(name)) for name in self.class_names()}
         return {name: count for name, count in counts.items() if count < need}
 
     def size_bytes(self) -> int:
@@ -199,8 +201,9 @@ class Project:
     def describe(self) -> dict:
         """What `GET /api/project` returns."""
         with self.lock:
+            names = self.class_names()
             classes = []
-            for name in self.class_names():
+            for name in names:
                 images = []
                 for image_id in self.image_ids(name):
                     note = self.state["image_notes"].get(f"{name}/{image_id}", {})
@@ -210,12 +213,12 @@ class Project:
                 classes.append({"name": name, "images": images})
             model = self.state["model"]
             if model is not None:
-                model = dict(model, stale=model["class_names"] != self.class_names())
+                model = dict(model, stale=model["class_names"] != names)
             return {
                 "name": self.state["name"], "classes": classes, "settings": self.state["settings"],
                 "find_object": self.state["find_object"], "model": model,
                 "limits": config_to_dict(self.limits), "size_bytes": self.size_bytes(),
-                "short_classes": self.short_classes(),
+                "short_classes": self.short_classes({entry["name"]: len(entry["images"]) for entry in classes}),
                 "setting_help": SETTING_HELP, "setting_ranges": SETTING_RANGES,
             }
 

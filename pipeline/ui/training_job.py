@@ -58,7 +58,7 @@ class TrainingJob:
         self.error: str | None = None
         self.history: list[dict] = []
         self.epochs = 0
-        self.version = 0  # bumped on every change; event streams wait on it
+        self.version = 0  # bumped on every change; event streams compare it
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._load_last_history()
@@ -86,12 +86,6 @@ class TrainingJob:
         with self.changed:
             return {"state": self.state, "phase": self.phase, "error": self.error, "epochs": self.epochs,
                     "history": list(self.history), "version": self.version}
-
-    def wait_for_change(self, version: int, timeout: float) -> dict:
-        """The status once its version differs from `version`, or after `timeout` seconds."""
-        with self.changed:
-            self.changed.wait_for(lambda: self.version != version, timeout)
-        return self.status()
 
     def _update(self, **fields) -> None:
         with self.changed:
@@ -122,10 +116,7 @@ class TrainingJob:
                 # The bundle carries this, so `detcrop predict RUN` finds and crops the object too.
                 atomic_write_json(dataset_dir / "crop_config.json", config_to_dict(crop_config_for(find_object["target"])))
             self._cancel.clear()
-            self.state, self.phase, self.error, self.history, self.epochs = \
-                "training", "preparing images", None, [], config.epochs
-            self.version += 1
-            self.changed.notify_all()
+            self._update(state="training", phase="preparing images", error=None, history=[], epochs=config.epochs)
         self._thread = threading.Thread(target=self._work, args=(dataset_dir, run_dir, config),
                                         name="detcrop-ui-training", daemon=True)
         self._thread.start()
@@ -136,9 +127,7 @@ class TrainingJob:
             if self.state != "training":
                 return False
             self._cancel.set()
-            self.phase = "cancelling"
-            self.version += 1
-            self.changed.notify_all()
+            self._update(phase="cancelling")
             return True
 
     def join(self, timeout: float | None = None) -> None:
@@ -168,10 +157,7 @@ class TrainingJob:
                 row = {"epoch": len(job.history) + 1,
                        "acc": _metric(logs, "acc", "accuracy"), "val_acc": _metric(logs, "val_acc", "val_accuracy"),
                        "loss": _metric(logs, "loss"), "val_loss": _metric(logs, "val_loss")}
-                with job.changed:
-                    job.history.append(row)
-                    job.version += 1
-                    job.changed.notify_all()
+                job._update(history=[*job.history, row])
                 self._check_cancel()
 
             def on_train_end(self, logs=None):

@@ -33,13 +33,13 @@ def read_upload(stream: BinaryIO, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_image_upload(stream: BinaryIO, max_bytes: int, name: str = "upload") -> tuple[Image.Image, bytes]:
-    """(upright RGB image, the file's bytes) of an upload, or `UploadRefused` with the reason.
+def read_image_upload(stream: BinaryIO, max_bytes: int, name: str = "upload") -> Image.Image:
+    """The upright RGB image of an upload, or `UploadRefused` with the reason.
 
     Decoded by `data.images.decode_image`: JPEG, PNG, BMP, WEBP, GIF; decompression bombs refused.
     """
     payload = read_upload(stream, max_bytes)
     try:
-        return decode_image(payload, ImageLimits(max_bytes=max_bytes), name), payload
+        return decode_image(payload, ImageLimits(max_bytes=max_bytes), name)
     except ImageError as error:
         raise UploadRefused(error.reason) from None

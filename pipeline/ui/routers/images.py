@@ -26,7 +26,7 @@ def add_images(class_name: str, request: Request, files: list[UploadFile] = File
     for upload in files:
         name = upload.filename or "(unnamed)"
         try:
-            image, _ = read_image_upload(upload.file, project.limits.max_upload_bytes, name)
+            image = read_image_upload(upload.file, project.limits.max_upload_bytes, name)
         except UploadRefused as error:
             refused.append({"file": name, "reason": error.reason})
             continue

@@ -44,7 +44,7 @@ def predict(request: Request, file: UploadFile = File(...)) -> dict:
     if not model:
         raise ProjectError("there is no trained model yet; train one first", 409)
     try:
-        decoded, _ = read_image_upload(file.file, project.limits.max_upload_bytes, file.filename or "upload")
+        decoded = read_image_upload(file.file, project.limits.max_upload_bytes, file.filename or "upload")
         image = np.asarray(decoded, dtype=np.uint8)
     except UploadRefused as error:
         raise ProjectError(f"{file.filename or 'the file'}: {error.reason}", 400) from None
