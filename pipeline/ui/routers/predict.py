@@ -21,19 +21,21 @@ class ScorerCache:
     def __init__(self):
         self._lock = threading.Lock()
         self._key = None
-        self._scorers = None
+        self._scorer = None
 
     def get(self, run_dir: str, find_object: bool, finder):
-        """(scorer, whole-photo scorer): the first detects (with `finder`'s detector, loaded once
-        for the page) when the model was trained on crops; the bundle is loaded once."""
+        """The run's scorer: it detects (with `finder`'s detector, loaded once for the page) when
+        the model was trained on crops. Such a run's crop settings say on_empty whole-photo, so a
+        photo with nothing found is scored whole, as in training. The bundle is loaded once."""
         from detcrop.pipeline.scoring import Scorer
 
         with self._lock:
             if self._key != (run_dir, find_object):
-                whole = Scorer.load(run_dir, detect=False, max_objects=1)
-                scorer = dataclasses.replace(whole, detector=finder.detector()) if find_object else whole
-                self._key, self._scorers = (run_dir, find_object), (scorer, whole)
-            return self._scorers
+                scorer = Scorer.load(run_dir, detect=False, max_objects=1)
+                if find_object:
+                    scorer = dataclasses.replace(scorer, detector=finder.detector())
+                self._key, self._scorer = (run_dir, find_object), scorer
+            return self._scorer
 
 
 @router.post("/api/predict")
@@ -52,11 +54,8 @@ def predict(request: Request, file: UploadFile = File(...)) -> dict:
 
     if not (Path(model["run_dir"]) / BUNDLE_NAME).is_file():
         raise ProjectError(f"the model's run folder {model['run_dir']} is gone; train again", 409)
-    scorer, whole = request.app.state.scorers.get(model["run_dir"], bool(model.get("find_object")),
-                                                  request.app.state.finder)
+    scorer = request.app.state.scorers.get(model["run_dir"], bool(model.get("find_object")), request.app.state.finder)
     result = scorer.score_image(image, file.filename or "upload")
-    if not result.objects and scorer is not whole:  # nothing found: classify the whole photo, as in training
-        result = whole.score_image(image, file.filename or "upload")
     best = max(result.objects, key=lambda item: item.top_probability)
     return {
         "top_class": best.top_class,
