@@ -263,12 +263,16 @@ def add_image(root: str | os.PathLike, class_name: str, image: Image.Image, squa
 
     The file is `<sha256 of the PNG>[:16].png`, so the same image added twice is kept once.
     """
-    check_class_name(class_name)
     if square:
         image = square_image(image, size)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    payload = buffer.getvalue()
+    return store_png(root, class_name, buffer.getvalue())
+
+
+def store_png(root: str | os.PathLike, class_name: str, payload: bytes) -> tuple[Path, bool]:
+    """Write encoded PNG `payload` as `root/<class_name>/<sha256[:16]>.png` unless it is there; (path, was_new)."""
+    check_class_name(class_name)
     target = Path(root) / class_name / f"{bytes_sha256(payload)[:16]}.png"
     if target.exists():
         return target, False

@@ -29,7 +29,7 @@ from PIL import Image
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
 from detcrop.data.config import ConfigError, build_config, config_to_dict, read_json_object
 from detcrop.data.errors import DetcropError
-from detcrop.data.folders import add_image, check_class_name, square_image
+from detcrop.data.folders import check_class_name, square_image, store_png
 from detcrop.data.images import is_image_path
 
 logger = logging.getLogger(__name__)
@@ -293,12 +293,13 @@ class Project:
             squared = square_image(image, self.limits.image_size)
             buffer = io.BytesIO()
             squared.save(buffer, format="PNG")
+            payload = buffer.getvalue()
             used = self.size_bytes()
-            if used + len(buffer.getvalue()) > self.limits.max_project_bytes:
+            if used + len(payload) > self.limits.max_project_bytes:
                 raise ProjectError(
                     f"the project is full: {used / 1e6:.1f} MB stored, the limit is "
                     f"{self.limits.max_project_bytes / 1e6:.1f} MB; delete images or start another project", 413)
-            path, was_new = add_image(self.dataset_dir, class_name, squared, square=False, size=None)
+            path, was_new = store_png(self.dataset_dir, class_name, payload)
             image_id = path.stem
             thumbnail = squared.resize((self.limits.thumbnail_size,) * 2, Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
