@@ -262,14 +262,13 @@ def partial_fine_tune(base, preprocessing, head, settings: PartialSettings, path
                   loss=keras.losses.CategoricalCrossentropy(),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     val_targets = keras.utils.to_categorical(val_y, classes)
-    best = {"key": (-np.inf, -np.inf), "weights": None, "epoch": -1}
+    from detcrop.classify.training import BestWeights  # training imports this module lazily too
 
-    class Keep(keras.callbacks.Callback):
+    best = BestWeights()
+
+    class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            key = (float(logs.get("val_accuracy", -np.inf)), -float(logs.get("val_loss", np.inf)))
-            if best["weights"] is None or key > best["key"]:
-                best.update(key=key, weights=self.model.get_weights(), epoch=epoch)
             row = {"loss": logs.get("loss"), "accuracy": logs.get("accuracy"), "val_loss": logs.get("val_loss"),
                    "val_accuracy": logs.get("val_accuracy"),
                    "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), "phase": "partial"}
@@ -280,19 +279,19 @@ def partial_fine_tune(base, preprocessing, head, settings: PartialSettings, path
 
     tick = time.perf_counter()
     model.fit(data, validation_data=(val_orig.astype(np.float32), val_targets), epochs=settings.epochs,
-              verbose=0, shuffle=False, callbacks=[Keep(), *callbacks])
+              verbose=0, shuffle=False, callbacks=[best.callback(), Record(), *callbacks])
     timings["train"] = time.perf_counter() - tick
-    val_acc = best["key"][0]
+    val_acc = best.key[0]
     if val_acc <= frozen_val_acc:
         logger.info("partial fine-tuning reached val_acc %.4f, not above the frozen head's %.4f: keeping the "
                     "frozen base and head", val_acc, frozen_val_acc)
         for layer, weights in zip(upper.layers, initial_weights[0]):
             layer.set_weights(weights)
         head.set_weights(initial_weights[1])
-        return PartialResult(False, best["epoch"], val_acc, history, None, val_kept, kept_rows, timings)
-    model.set_weights(best["weights"])
+        return PartialResult(False, best.epoch, val_acc, history, None, val_kept, kept_rows, timings)
+    model.set_weights(best.weights)
     probabilities = np.asarray(model.predict(val_orig.astype(np.float32), batch_size=64, verbose=0))
     if tta_flip:
         probabilities = (probabilities + np.asarray(model.predict(val_flip.astype(np.float32), batch_size=64,
                                                                   verbose=0))) / 2
-    return PartialResult(True, best["epoch"], val_acc, history, probabilities, val_kept, kept_rows, timings)
+    return PartialResult(True, best.epoch, val_acc, history, probabilities, val_kept, kept_rows, timings)

@@ -405,7 +405,7 @@ class _CancelWatch:
             raise TrainingCancelled(run_dir, self.phase, self.cancelled_after)
 
 
-class _BestWeights:
+class BestWeights:
     """Keeps the weights of the epoch with the best val_accuracy; ties go to the lower val_loss.
 
     A plain `ModelCheckpoint(monitor="val_accuracy")` keeps the first epoch that reaches the top
@@ -431,6 +431,12 @@ class _BestWeights:
                     keeper.key, keeper.weights, keeper.epoch = key, self.model.get_weights(), epoch
 
         return Keep()
+
+
+def head_val_accuracy(head, examples: "Examples", features: dict[str, np.ndarray]) -> float:
+    """Accuracy of the frozen-feature `head` on the val split (no flip TTA): the bar fine-tuning must beat."""
+    predicted = np.asarray(head(features["orig"][examples.val], training=False)).argmax(1)
+    return float((predicted == examples.labels[examples.val]).mean())
 
 
 def build_head(feature_channels: int, classes: int, dropout: float, seed: int, hidden_units: int = 0):
@@ -474,7 +480,7 @@ def fit_head(config: TrainConfig, examples: Examples, features: dict[str, np.nda
     val_x, val_y = features["orig"][examples.val], examples.labels[examples.val]
     head = build_head(train_x.shape[1], classes, config.dropout, config.seed, config.hidden_units)
     _compile(head, config.learning_rate, config.label_smoothing)
-    best, watch = _BestWeights(), _CancelWatch("head")
+    best, watch = BestWeights(), _CancelWatch("head")
     train_data, steps = _epoch_batches(train_x, keras.utils.to_categorical(train_y, classes).astype(np.float32),
                                        config.batch_size, config.seed, config.epochs)
     head.fit(
@@ -736,9 +742,7 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
         learning_rate=config.partial_learning_rate, shift=config.partial_shift, mixup=config.partial_mixup,
         batch_size=config.batch_size, label_smoothing=config.label_smoothing, class_weights=config.class_weights,
         seed=config.seed)
-    val_y = examples.labels[examples.val]
-    frozen_accuracy = float((np.asarray(head(features["orig"][examples.val], training=False)).argmax(1)
-                             == val_y).mean())
+    frozen_accuracy = head_val_accuracy(head, examples, features)
     cache_root = Path(config.cache_dir) / "activations" if config.cache_dir else default_activation_cache_dir()
     watch = _CancelWatch("partial")
     result = partial_fine_tune(
@@ -903,9 +907,7 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
                 gone = set(examples.val.tolist()) - set(examples.val[kept].tolist())
                 rows = [row for row in range(len(examples.paths)) if row not in gone]
                 examples, features = examples.keep(rows), {key: value[rows] for key, value in features.items()}
-            val_features = features["orig"][examples.val]
-            phase1_accuracy = float((np.asarray(head(val_features, training=False)).argmax(1)
-                                     == examples.labels[examples.val]).mean())
+            phase1_accuracy = head_val_accuracy(head, examples, features)
             model, unreadable = fine_tune(config, extractor, head, examples, val_images, phase1_accuracy,
                                           len(class_names), run_dir, history, callbacks, progress)
             skipped += unreadable

@@ -220,10 +220,10 @@ def test_bundle_carries_the_unknown_threshold_of_its_val_predictions(trained):
 def test_best_head_is_best_accuracy_then_lowest_loss(epochs, chosen):
     import keras
 
-    from detcrop.classify.training import _BestWeights
+    from detcrop.classify.training import BestWeights
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    best = _BestWeights()
+    best = BestWeights()
     callback = best.callback()
     callback.set_model(model)
     for epoch, (accuracy, loss) in enumerate(epochs):
