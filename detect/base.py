@@ -159,19 +159,14 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
         raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
-    if path.suffix == ".onnx":
-        if not path.is_file():
-            raise DetectorNotFoundError(f"detector {text!r} not found: {path.resolve()} does not exist")
+    if path.suffix == ".onnx" and not path.is_file():
+        raise DetectorNotFoundError(f"detector {text!r} not found: {path.resolve()} does not exist")
+    onnx_path = onnx_model_path(text, runtime)
+    if onnx_path is not None:
         from detcrop.detect.onnx_detectors import OnnxDetector
 
-        return OnnxDetector(path, name=text)
+        return OnnxDetector(onnx_path, name=text)
     if runtime == "onnx":
-        from detcrop.detect.onnx_detectors import OnnxDetector, converted_ssd_path
-
-        if text == "ssd-mobilenet-v2":
-            return OnnxDetector(converted_ssd_path(ssd_graph_path()), name=text)
-        if path.is_file() and path.suffix == ".pb":
-            return OnnxDetector(converted_ssd_path(path), name=text)
         raise UsageError(f"detector {text!r}: --runtime onnx runs the SSD frozen graph (ssd-mobilenet-v2 or a "
                          f"TF OD API SSD .pb) or an .onnx file; use --runtime tensorflow for other detectors")
     if text in DETECTORS:
@@ -190,6 +185,26 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
         f"(https://...), a SavedModel directory with the TF Hub object-detection signature, a "
         f"frozen graph .pb file or an .onnx file with the TF OD API outputs; {path.resolve()} does not exist"
     )
+
+
+def onnx_model_path(name_or_path: str | os.PathLike, runtime: str) -> Path | None:
+    """The ONNX file `load_detector(name_or_path, runtime)` runs, or None when it runs no ONNX model.
+
+    An existing .onnx file as it is; with runtime "onnx", the offline SSD or a frozen-graph .pb
+    converted once (`onnx_detectors.converted_ssd_path`, cached by content hash).
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix == ".onnx" and path.is_file():
+        return path
+    if runtime == "onnx":
+        from detcrop.detect.onnx_detectors import converted_ssd_path
+
+        if text == "ssd-mobilenet-v2":
+            return converted_ssd_path(ssd_graph_path())
+        if path.is_file() and path.suffix == ".pb":
+            return converted_ssd_path(path)
+    return None
 
 
 def load_configured_detector(name_or_path: str | os.PathLike, runtime: str = DEFAULT_RUNTIME) -> Detector:

@@ -101,19 +101,10 @@ def list_input(input_location: str | os.PathLike, label: str | None, config: Cro
 
 def _detector_payload(config: CropConfig) -> bytes | None:
     """The ONNX model bytes for workers (shipped through the object store), or None to load by name there."""
-    from detcrop.detect.base import ssd_graph_path
+    from detcrop.detect.base import onnx_model_path
 
-    path = Path(config.detector).expanduser()
-    if path.suffix == ".onnx" and path.is_file():
-        return path.read_bytes()
-    if config.runtime == "onnx":
-        from detcrop.detect.onnx_detectors import converted_ssd_path
-
-        if config.detector == "ssd-mobilenet-v2":
-            return converted_ssd_path(ssd_graph_path()).read_bytes()
-        if path.suffix == ".pb" and path.is_file():
-            return converted_ssd_path(path).read_bytes()
-    return None
+    path = onnx_model_path(config.detector, config.runtime)
+    return None if path is None else path.read_bytes()
 
 
 class CropActor:
