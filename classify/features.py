@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -122,6 +122,53 @@ def build_feature_model(backbone: str, input_size: int, weights=None, seed: int 
     return keras.Model(inputs, outputs, name=f"{backbone}_features"), source, base, preprocessing
 
 
+#: What a feature pass yields per image: (position in the list it was given, features per variant
+#: or the reason the image could not be read).
+FeatureOutcome = tuple[int, "dict[str, np.ndarray] | str"]
+
+
+def variant_features(feature_model, images: Sequence[np.ndarray], input_size: int, variants: Sequence[str],
+                     layer=None) -> dict[str, np.ndarray]:
+    """Pooled features of decoded images per variant: resized as bundles resize, "flip" on the mirrored batch."""
+    from detcrop.classify.bundle import resize_images
+
+    batch = resize_images(images, input_size, layer)
+    outputs = {"orig": np.asarray(feature_model(batch, training=False))}
+    if "flip" in variants:
+        outputs["flip"] = np.asarray(feature_model(batch[:, :, ::-1, :], training=False))
+    return outputs
+
+
+class LocalFeaturePass:
+    """The feature pass in this process: `batch_size` images per forward pass of `feature_model`.
+
+    Called with image paths and variants, it yields a `FeatureOutcome` per path; `extract_features`
+    owns the cache around it (so does the Ray pass, `classify.ray_features.RayFeaturePass`).
+    """
+
+    def __init__(self, feature_model, input_size: int, batch_size: int = 32):
+        self.feature_model = feature_model
+        self.input_size = int(input_size)
+        self.batch_size = int(batch_size)
+
+    def __call__(self, paths: Sequence[str | os.PathLike], variants: Sequence[str]) -> Iterator[FeatureOutcome]:
+        from detcrop.classify.bundle import resize_layer
+
+        layer = resize_layer(self.input_size)
+        for start in range(0, len(paths), self.batch_size):
+            images, positions = [], []
+            for position in range(start, min(start + self.batch_size, len(paths))):
+                try:
+                    images.append(load_image_array(paths[position]))
+                    positions.append(position)
+                except ImageError as error:
+                    yield position, error.reason
+            if images:
+                outputs = variant_features(self.feature_model, images, self.input_size, variants, layer)
+                for row, position in enumerate(positions):
+                    yield position, {variant: outputs[variant][row] for variant in variants}
+
+
 def extract_features(
     paths: Sequence[str | os.PathLike],
     sha256s: Sequence[str],
@@ -131,13 +178,14 @@ def extract_features(
     variants: Sequence[str] = ("orig",),
     batch_size: int = 32,
     progress: bool = True,
+    feature_pass: Callable[[list, Sequence[str]], Iterable[FeatureOutcome]] | None = None,
 ) -> FeatureResult:
     """Features of every image in `paths` per variant, from the cache or computed and cached.
 
+    Only the images without cached features go to `feature_pass` (default: a `LocalFeaturePass`
+    of `feature_model`); what it computes is cached as it arrives, so an interrupted pass resumes.
     Images that fail to load are skipped and reported in `FeatureResult.skipped`.
     """
-    from detcrop.classify.bundle import resize_images, resize_layer
-
     for variant in variants:
         if variant not in VARIANTS:
             raise ValueError(f"unknown feature variant {variant!r}; expected one of {VARIANTS}")
@@ -155,31 +203,20 @@ def extract_features(
     if missing:
         logger.info("computing %s features for %d images (%d cached) into %s",
                     cache.identity["backbone"], len(missing), len(found), cache.folder)
-    layer = resize_layer(input_size)
-    bar = tqdm(total=len(missing), desc="features", unit="img", disable=not progress or not missing)
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start:start + batch_size]
-        images, indices = [], []
-        for index in chunk:
-            try:
-                images.append(load_image_array(paths[index]))
-                indices.append(index)
-            except ImageError as error:
-                result.skipped.append((str(paths[index]), error.reason))
-                logger.warning("skipping %s: %s", error.path, error.reason)
-        if images:
-            batch = resize_images(images, input_size, layer)
-            outputs = {"orig": np.asarray(feature_model(batch, training=False))}
-            if "flip" in variants:
-                outputs["flip"] = np.asarray(feature_model(batch[:, :, ::-1, :], training=False))
-            for row, index in enumerate(indices):
-                found[index] = {}
+        feature_pass = feature_pass or LocalFeaturePass(feature_model, input_size, batch_size)
+        bar = tqdm(total=len(missing), desc="features", unit="img", disable=not progress)
+        for position, outcome in feature_pass([paths[index] for index in missing], variants):
+            index = missing[position]
+            if isinstance(outcome, str):
+                result.skipped.append((str(paths[index]), outcome))
+                logger.warning("skipping %s: %s", paths[index], outcome)
+            else:
+                found[index] = {variant: outcome[variant] for variant in variants}
                 for variant in variants:
-                    found[index][variant] = outputs[variant][row]
-                    cache.put(sha256s[index], variant, outputs[variant][row])
-            result.computed += len(indices)
-        bar.update(len(chunk))
-    bar.close()
+                    cache.put(sha256s[index], variant, outcome[variant])
+                result.computed += 1
+            bar.update(1)
+        bar.close()
     result.kept = sorted(found)
     for variant in variants:
         if result.kept:

@@ -44,6 +44,7 @@ from detcrop.data.images import ImageError, file_sha256, load_image_array
 from detcrop.data.layout import BACKUP_DIR, CONFIG_NAME, HISTORY_NAME, SPLIT_NAME
 from detcrop.data.locks import folder_lock
 from detcrop.data.outputs import check_output_path
+from detcrop.data.ray_runtime import RaySettings
 from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
 
 logger = logging.getLogger(__name__)
@@ -283,18 +284,27 @@ def build_extractor(config: TrainConfig) -> FeatureExtractor:
 
 
 def compute_features(examples: Examples, extractor: FeatureExtractor, config: TrainConfig, progress: bool,
-                     ) -> tuple[Examples, dict[str, np.ndarray], list[tuple[str, str]], dict]:
-    """Step 2: (examples that have features, variant -> features row-aligned with them, skipped, cache counts)."""
+                     ray: RaySettings | None = None) -> tuple[Examples, dict[str, np.ndarray], list[tuple[str, str]], dict]:
+    """Step 2: (examples that have features, variant -> features row-aligned with them, skipped, cache counts).
+
+    With `ray`, the images without cached features go through Ray Data (`classify.ray_features`).
+    """
     from detcrop.classify.features import extract_features
 
     variants = ("orig", "flip") if (config.flip_features or config.tta_flip) else ("orig",)
     feature_model = extractor.model
-    if config.runtime == "onnx":
+    feature_pass = None
+    if ray is not None:
+        from detcrop.classify.ray_features import RayFeaturePass
+
+        feature_pass = RayFeaturePass(extractor.model, config.backbone, config.input_size, config.seed, config.runtime,
+                                      ray, config.feature_batch_size)
+    elif config.runtime == "onnx":
         from detcrop.classify.onnx_runtime import OnnxFeatureModel
 
         feature_model = OnnxFeatureModel(extractor.model, config.input_size)
     result = extract_features(examples.paths, examples.sha256s, feature_model, extractor.cache, config.input_size,
-                              variants, config.feature_batch_size, progress)
+                              variants, config.feature_batch_size, progress, feature_pass)
     examples = examples.keep(result.kept)  # result.features rows follow result.kept
     if not len(examples.train) or not len(examples.val):
         raise TrainingError("no loadable images left on the train or val side")
@@ -845,7 +855,7 @@ def save_run_bundle(run_dir: Path, dataset_dir: Path, model, config: TrainConfig
 
 
 def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig = TrainConfig(),
-          progress: bool = True, callbacks: Sequence = ()) -> TrainResult:
+          progress: bool = True, callbacks: Sequence = (), ray: RaySettings | None = None) -> TrainResult:
     """Train a classifier on `dataset_dir` (ROOT/<class>/<image>) and write a bundle into `run_dir`.
 
     `callbacks` are `keras.callbacks.Callback` objects that follow the run: both phases call
@@ -854,6 +864,8 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     head phase's ``self.model`` is named ``"head"``, the fine-tune phase's ``"classifier"``.
     A callback cancels by setting ``self.model.stop_training = True``: the phase stops after
     the current batch and `train` raises `TrainingCancelled` without writing a bundle.
+    With `ray`, the feature pass of the frozen base runs on Ray Data (`classify.ray_features`),
+    filling the same feature cache; the rest of training runs here.
 
     >>> result = train("crops/", "runs/watches", make_train_config({"epochs": 30}))  # doctest: +SKIP
     >>> result.metrics["macro_f1"]  # doctest: +SKIP
@@ -877,7 +889,7 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
 
         tick = time.perf_counter()
         extractor = build_extractor(config)
-        examples, features, unreadable, cache_counts = compute_features(examples, extractor, config, progress)
+        examples, features, unreadable, cache_counts = compute_features(examples, extractor, config, progress, ray)
         skipped += unreadable
         timings["features"] = time.perf_counter() - tick
         atomic_write_json(run_dir / SPLIT_NAME, {"train": [str(examples.paths[row]) for row in examples.train],

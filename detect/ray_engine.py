@@ -9,7 +9,8 @@ and writes crop files and manifest records with `write_outcome`, exactly as the 
 does: same names, same records, same resume rules (photos whose content hash and label are
 in the manifest are skipped by the workers before any detection).
 
-Ray is an optional extra: `pip install 'detcrop[ray]'`.
+Ray is an optional extra: `pip install 'detcrop[ray]'`; starting Ray, reading bytes and the
+actor pool are `detcrop.data.ray_runtime`'s, shared with train's feature pass.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from tqdm import tqdm
 
 from detcrop.data.atomic import atomic_write_json
 from detcrop.data.config import config_to_dict
-from detcrop.data.errors import DetcropError, UsageError
+from detcrop.data.errors import UsageError
 from detcrop.data.folders import check_class_name, not_an_image
 from detcrop.data.images import IMAGE_EXTENSIONS, bytes_sha256, is_image_path
 from detcrop.data.layout import MANIFEST_NAME
 from detcrop.data.locks import folder_lock
 from detcrop.data.manifest import ManifestWriter
 from detcrop.data.outputs import check_output_path
+from detcrop.data.ray_runtime import (
+    RayMissingError, RaySettings, import_ray, map_with_actors, path_key, ray_session, read_files, shared_value,
+    single_thread_tensorflow,
+)
 from detcrop.detect.crop import (
     CROP_CONFIG_NAME, CropConfig, CropSummary, NoPhotosError, PhotoOutcome, _check_config,
     _photo_key, _resume_state, crop_photo, default_label, finish_crop_run, list_photos,
@@ -41,21 +46,6 @@ logger = logging.getLogger(__name__)
 
 #: Photos per `map_batches` call on a worker.
 DEFAULT_BATCH_SIZE = 4
-
-
-class RayMissingError(DetcropError, ImportError):
-    """Ray is not installed; the message says how to install it."""
-
-
-def import_ray():
-    """The `ray` module, or `RayMissingError` saying how to install the extra."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (ray[data]: pyarrow, pandas)
-    except ImportError:
-        raise RayMissingError("--engine ray needs Ray Data: pip install 'detcrop[ray]' "
-                              "(ray[data] 2.60; or use --engine local)") from None
-    return ray
 
 
 @dataclass(frozen=True)
@@ -111,13 +101,9 @@ class CropActor:
     """One detector per Ray worker; `__call__` runs `crop_photo` on a batch of photo bytes."""
 
     def __init__(self, config_dict: dict, sources: dict, done: frozenset, onnx_model=None):
-        import ray
-
         from detcrop.data.config import build_config
 
-        if isinstance(onnx_model, ray.ObjectRef):
-            onnx_model = ray.get(onnx_model)  # one copy in the object store, shared by the actors of a node
-
+        onnx_model = shared_value(onnx_model)  # one copy in the object store, shared by the actors of a node
         self.config = build_config(CropConfig, config_dict)
         self.sources = sources
         self.done = done
@@ -128,10 +114,7 @@ class CropActor:
             self.detector = OnnxDetector(onnx_model, name=self.config.detector, threads=1)
         else:
             if self.config.runtime == "tensorflow":
-                import tensorflow as tf
-
-                tf.config.threading.set_intra_op_parallelism_threads(1)
-                tf.config.threading.set_inter_op_parallelism_threads(1)
+                single_thread_tensorflow()
             from detcrop.detect.base import load_configured_detector
 
             self.detector = load_configured_detector(self.config.detector, self.config.runtime)
@@ -139,7 +122,7 @@ class CropActor:
     def __call__(self, batch: dict) -> dict:
         outcomes = []
         for payload, read_path in zip(batch["bytes"], batch["path"]):
-            source, label = self.sources[_normalise(read_path)]
+            source, label = self.sources[path_key(read_path)]
             payload = bytes(payload)
             sha256 = bytes_sha256(payload)
             if _photo_key(source, sha256, label) in self.done:
@@ -149,24 +132,6 @@ class CropActor:
                                      source_sha256=sha256)
             outcomes.append(pickle.dumps((source, label, sha256, outcome)))
         return {"outcome": outcomes}
-
-
-def _normalise(path: str) -> str:
-    return os.path.normcase(os.path.normpath(str(path)))
-
-
-def _init_ray(ray, address: str | None, workers: int) -> bool:
-    """Connect to `address` (a cluster), or start a local Ray; True when this call started it."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        # One CPU per detector actor and one for the read tasks: with only `workers` CPUs the
-        # actors would hold them all and the reads that feed them would never be scheduled.
-        ray.init(num_cpus=workers + 1, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    return True
 
 
 def crop_photos_ray(
@@ -186,9 +151,10 @@ def crop_photos_ray(
     cluster ("auto", "ray://HOST:10001"); without it a local Ray with `workers` CPUs starts
     and stops here. The dataset equals the local engine's, file for file and record for record.
     """
-    if workers < 1 or batch_size < 1:
-        raise UsageError(f"workers and batch_size must be >= 1, got {workers} and {batch_size}")
-    ray = import_ray()
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    settings = RaySettings(address, workers)
+    import_ray()  # before any work: without the extra, say how to install it
     dataset = Path(dataset)
     if label is not None:
         check_class_name(label)
@@ -204,33 +170,20 @@ def crop_photos_ray(
         onnx_model = _detector_payload(config)
         atomic_write_json(dataset / CROP_CONFIG_NAME, config_to_dict(config))
         done = frozenset(_resume_state(dataset))
-        started_here = _init_ray(ray, address, workers)
-        try:
-            summary = _run(ray, dataset, photos, skipped, filesystem, config, done, onnx_model, workers, batch_size,
+        # The manifest lists photos in the local engine's order.
+        with ray_session(settings, preserve_order=True) as ray:
+            summary = _run(ray, dataset, photos, skipped, filesystem, config, done, onnx_model, settings, batch_size,
                            progress)
-        finally:
-            if started_here:
-                ray.shutdown()
     return summary
 
 
 def _run(ray, dataset: Path, photos: list[InputPhoto], skipped: list, filesystem, config: CropConfig,
-         done: frozenset, onnx_model: bytes | None, workers: int, batch_size: int, progress: bool) -> CropSummary:
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # the manifest lists photos in the local engine's order
-    context.enable_progress_bars = False
-    sources = {_normalise(photo.read_path): (photo.source, photo.label) for photo in photos}
-    read_kwargs = {"filesystem": filesystem} if filesystem is not None else {}
-    photos_ds = ray.data.read_binary_files([photo.read_path for photo in photos], include_paths=True,
-                                           num_cpus=0.5, **read_kwargs)
-    outcomes = photos_ds.map_batches(
-        CropActor,
-        fn_constructor_kwargs={"config_dict": config_to_dict(config), "sources": sources, "done": done,
-                               "onnx_model": ray.put(onnx_model) if onnx_model is not None else None},
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=1,
-    )
+         done: frozenset, onnx_model: bytes | None, settings: RaySettings, batch_size: int,
+         progress: bool) -> CropSummary:
+    sources = {path_key(photo.read_path): (photo.source, photo.label) for photo in photos}
+    photos_ds = read_files(ray, [photo.read_path for photo in photos], settings.workers, filesystem)
+    outcomes = map_with_actors(ray, photos_ds, CropActor, settings, batch_size, config_dict=config_to_dict(config),
+                               sources=sources, done=done, onnx_model=onnx_model)
     summary = CropSummary(dataset=str(dataset), photos_seen=len(photos), not_images=len(skipped), skipped=list(skipped))
     seen: set[tuple] = set()
     with ManifestWriter(dataset / MANIFEST_NAME) as writer:

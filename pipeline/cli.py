@@ -41,6 +41,30 @@ def print_skipped(skipped: Iterable) -> None:
         print(line, file=sys.stderr)
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser, ray_help: str, model: str) -> None:
+    """--engine local|ray, --ray-address and --ray-workers for a command with a job that Ray Data can run."""
+    engine = parser.add_argument_group("engine (where the job runs)")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help=f"local: this process (default); ray: {ray_help}, one {model} per worker "
+                        "(pip install 'detcrop[ray]')")
+    engine.add_argument("--ray-address", help="Ray cluster to join (auto, or ray://HOST:10001); default: start a "
+                        "local Ray with --ray-workers CPUs")
+    engine.add_argument("--ray-workers", type=int, default=2, help=f"{model} actors (one CPU each; default 2)")
+
+
+def ray_settings(args: argparse.Namespace):
+    """`RaySettings` of --ray-address / --ray-workers with --engine ray, else None (local)."""
+    from detcrop.data.errors import UsageError
+    from detcrop.data.ray_runtime import RaySettings, import_ray
+
+    if args.engine != "ray":
+        if args.ray_address:
+            raise UsageError("--ray-address needs --engine ray")
+        return None
+    import_ray()  # before any work: without the extra, say how to install it
+    return RaySettings(args.ray_address, args.ray_workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detcrop",

@@ -6,10 +6,10 @@ import argparse
 import json
 
 from detcrop.data.config import add_config_arguments
-from detcrop.data.errors import UsageError
 
 # CropConfig lives in detect.crop, which imports only numpy/Pillow/tqdm: cheap enough for --help.
 from detcrop.detect.crop import CropConfig
+from detcrop.pipeline.cli import add_engine_arguments
 
 #: Shorter spellings of CropConfig flags (every field is also ``--field-name``).
 FLAG_ALIASES = {"targets": ["--target"], "max_crops_per_photo": ["--max-crops"]}
@@ -31,13 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="a crop_config.json to start from (e.g. an earlier dataset's); "
                         "options given on the command line override it")
     add_config_arguments(parser, CropConfig, FLAG_ALIASES)
-    engine = parser.add_argument_group("engine (where the job runs)")
-    engine.add_argument("--engine", choices=("local", "ray"), default="local",
-                        help="local: this process (default); ray: Ray Data, one detector per worker "
-                        "(pip install 'detcrop[ray]'); INPUT may then also be an s3:// or gs:// URI")
-    engine.add_argument("--ray-address", help="Ray cluster to join (auto, or ray://HOST:10001); default: start a "
-                        "local Ray with --ray-workers CPUs")
-    engine.add_argument("--ray-workers", type=int, default=2, help="detector actors (one CPU each; default 2)")
+    add_engine_arguments(parser, "Ray Data (INPUT may then also be an s3:// or gs:// URI)", "detector")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)
 
@@ -45,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from detcrop.data.config import build_config, config_overrides, load_config_file
     from detcrop.detect.crop import crop_photos
-    from detcrop.pipeline.cli import print_skipped
+    from detcrop.pipeline.cli import print_skipped, ray_settings
 
     base = load_config_file(CropConfig, args.config) if args.config else None
     overrides = config_overrides(args, CropConfig)
@@ -56,14 +50,13 @@ def run(args: argparse.Namespace) -> int:
         detector_to_load(base.detector, overrides.get("detector"), f"{args.config} (detector)")
     config = build_config(CropConfig, overrides, base)
     progress = not (args.quiet or args.json)
-    if args.engine == "ray":
+    ray = ray_settings(args)
+    if ray is not None:
         from detcrop.detect.ray_engine import crop_photos_ray
 
         summary = crop_photos_ray(args.input, args.out, config, label=args.label, progress=progress,
-                                  address=args.ray_address, workers=args.ray_workers)
+                                  address=ray.address, workers=ray.workers)
     else:
-        if args.ray_address:
-            raise UsageError("--ray-address needs --engine ray")
         summary = crop_photos(args.input, args.out, config, label=args.label, progress=progress)
     print_skipped(summary.skipped)
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from detcrop.data.config import add_config_arguments, config_overrides, read_json_object
+from detcrop.pipeline.cli import add_engine_arguments
 
 #: Older or shorter spellings of TrainConfig flags (every field is also ``--field-name``).
 FLAG_ALIASES = {
@@ -35,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="JSON", help="file of TrainConfig keys (e.g. a run's config.json); "
                         "flags override it")
     add_config_arguments(parser, TrainConfig, FLAG_ALIASES)
+    add_engine_arguments(parser, "the frozen base's feature pass on Ray Data (filling the same feature cache; "
+                         "the rest of training runs here)", "backbone")
     parser.set_defaults(handler=run)
 
 
@@ -48,9 +51,10 @@ def _overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from detcrop.classify.reports import format_summary
     from detcrop.classify.training import make_train_config, train
+    from detcrop.pipeline.cli import ray_settings
 
     config = make_train_config(_overrides(args), preset=args.preset)
-    result = train(args.dataset, args.out, config, progress=not args.quiet)
+    result = train(args.dataset, args.out, config, progress=not args.quiet, ray=ray_settings(args))
     print(format_summary(result.metrics))
     print()
     timings = ", ".join(f"{key} {value:.1f}s" for key, value in result.timings.items())

@@ -1,0 +1,72 @@
+"""`detcrop train --engine ray`: the feature pass on a local Ray (2 workers) fills the local pass's cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("keras")
+
+from detcrop.classify.training import train  # noqa: E402
+from detcrop.data.images import is_image_path  # noqa: E402
+from detcrop.data.ray_runtime import RaySettings  # noqa: E402
+from detcrop.pipeline.cli import main  # noqa: E402
+from test_classify_training import quick_config  # noqa: E402
+
+BRANDS = ("cartier", "omega", "seiko")
+
+
+def watches_dataset(shared_data, root, per_brand: int = 10):
+    """ROOT/<brand>/ with links to `per_brand` real photos of each of three brands, and one broken file."""
+    for brand in BRANDS:
+        (root / brand).mkdir(parents=True)
+        photos = sorted(path for path in (shared_data / "watches-brands" / brand).iterdir() if is_image_path(path))
+        for photo in photos[:per_brand]:
+            (root / brand / photo.name).symlink_to(photo)
+    (root / "omega" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def _cached(cache_dir):
+    return {path.name: np.load(path) for path in sorted(cache_dir.rglob("*.npy"))}
+
+
+def test_without_ray_train_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    (tmp_path / "data").mkdir()
+    code = main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--engine", "ray"])
+    error = capsys.readouterr().err
+    assert code == 2 and "pip install 'detcrop[ray]'" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.shared
+def test_ray_feature_pass_fills_the_local_cache_and_resumes(shared_data, tmp_path, monkeypatch):
+    pytest.importorskip("ray.data")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    dataset = watches_dataset(shared_data, tmp_path / "data")
+    local_config = quick_config(tmp_path, epochs=1, cache_dir=str(tmp_path / "cache-local"))
+    local = train(dataset, tmp_path / "run-local", local_config, progress=False)
+    ray_config = quick_config(tmp_path, epochs=1, cache_dir=str(tmp_path / "cache-ray"))
+    distributed = train(dataset, tmp_path / "run-ray", ray_config, progress=False, ray=RaySettings(workers=2))
+
+    # The same cache entries (30 photos, each with its mirror), the same features within 1e-5.
+    assert local.metrics["feature_cache"]["computed"] == distributed.metrics["feature_cache"]["computed"] == 30
+    expected, received = _cached(tmp_path / "cache-local"), _cached(tmp_path / "cache-ray")
+    assert len(expected) == 60 and expected.keys() == received.keys()
+    for name, features in expected.items():
+        np.testing.assert_allclose(received[name], features, atol=1e-5, err_msg=name)
+    # The broken file is skipped and named, as by the local pass; the run completes with a bundle.
+    assert [path for path, _ in distributed.skipped] == [path for path, _ in local.skipped] == \
+        [str(dataset / "omega" / "broken.jpg")]
+    assert (tmp_path / "run-ray" / "model.keras").is_file()
+
+    # Resumable: a second run through the CLI finds every feature in the cache and computes none.
+    assert main(["train", str(dataset), "--out", str(tmp_path / "run-ray"), "--backbone", "scratch",
+                 "--input-size", "32", "--epochs", "1", "--cache-dir", str(tmp_path / "cache-ray"), "--engine", "ray",
+                 "--ray-workers", "2", "-q"]) == 0
+    metrics = json.loads((tmp_path / "run-ray" / "metrics.json").read_text())
+    assert metrics["feature_cache"]["computed"] == 0 and metrics["feature_cache"]["cached"] == 30
