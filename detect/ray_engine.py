@@ -5,7 +5,7 @@ The Ray docs' offline batch inference shape: photos are read as bytes
 gs://), an actor pool holds one detector per worker (`map_batches` with a callable class,
 `ActorPoolStrategy`), and each actor runs the pure stage `detect.crop.crop_photo` on every
 photo. The driver, the one process that owns the dataset, takes the outcomes in input order
-and writes crop files and manifest records with `write_outcome`, exactly as the local engine
+and writes crop files and manifest records through the same `CropJob` as the local engine
 does: same names, same records, same resume rules (photos whose content hash and label are
 in the manifest are skipped by the workers before any detection).
 
@@ -15,7 +15,6 @@ actor pool are `detcrop.data.ray_runtime`'s, shared with train's feature pass.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 from dataclasses import dataclass
@@ -23,26 +22,17 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from detcrop.data.atomic import atomic_write_json
 from detcrop.data.config import config_to_dict
 from detcrop.data.errors import UsageError
 from detcrop.data.folders import check_class_name, not_an_image
-from detcrop.data.images import IMAGE_EXTENSIONS, bytes_sha256, is_image_path
-from detcrop.data.layout import MANIFEST_NAME
-from detcrop.data.locks import folder_lock
-from detcrop.data.manifest import ManifestWriter
-from detcrop.data.outputs import check_output_path
+from detcrop.data.images import bytes_sha256, is_image_path
 from detcrop.data.ray_runtime import (
     RayMissingError, RaySettings, import_ray, map_with_actors, path_key, ray_session, read_files, shared_value,
     single_thread_tensorflow,
 )
 from detcrop.detect.crop import (
-    CROP_CONFIG_NAME, CropConfig, CropSummary, NoPhotosError, PhotoOutcome, _check_config,
-    _photo_key, _resume_state, crop_photo, default_label, finish_crop_run, list_photos,
-    write_outcome,
+    CropConfig, CropJob, CropSummary, PhotoOutcome, _photo_key, crop_dataset, crop_photo, default_label, list_photos,
 )
-
-logger = logging.getLogger(__name__)
 
 #: Photos per `map_batches` call on a worker.
 DEFAULT_BATCH_SIZE = 4
@@ -159,22 +149,14 @@ def crop_photos_ray(
     if label is not None:
         check_class_name(label)
     photos, skipped, filesystem = list_input(input_location, label, config)
-    # The same output rule as the local engine (a remote input cannot overlap a local folder).
-    check_output_path(dataset, "--out", inputs=[("the input folder", None if filesystem else input_location)],
-                      kind="folder")
-    if not photos:
-        raise NoPhotosError(f"{input_location}: no photos to crop (looked for "
-                            f"{', '.join(sorted(IMAGE_EXTENSIONS))} files, recursively)")
-    with folder_lock(dataset, "crop"):
-        _check_config(dataset, config)
-        onnx_model = _detector_payload(config)
-        atomic_write_json(dataset / CROP_CONFIG_NAME, config_to_dict(config))
-        done = frozenset(_resume_state(dataset))
+    # The local engine's set-up; a remote input cannot overlap a local folder.
+    local_input = None if filesystem else input_location
+    with crop_dataset(dataset, config, input_location, local_input, photos, skipped,
+                      lambda: _detector_payload(config)) as (onnx_model, done):
         # The manifest lists photos in the local engine's order.
         with ray_session(settings, preserve_order=True) as ray:
-            summary = _run(ray, dataset, photos, skipped, filesystem, config, done, onnx_model, settings, batch_size,
-                           progress)
-    return summary
+            return _run(ray, dataset, photos, skipped, filesystem, config, frozenset(done), onnx_model, settings,
+                        batch_size, progress)
 
 
 def _run(ray, dataset: Path, photos: list[InputPhoto], skipped: list, filesystem, config: CropConfig,
@@ -184,27 +166,16 @@ def _run(ray, dataset: Path, photos: list[InputPhoto], skipped: list, filesystem
     photos_ds = read_files(ray, [photo.read_path for photo in photos], settings.workers, filesystem)
     outcomes = map_with_actors(ray, photos_ds, CropActor, settings, batch_size, config_dict=config_to_dict(config),
                                sources=sources, done=done, onnx_model=onnx_model)
-    summary = CropSummary(dataset=str(dataset), photos_seen=len(photos), not_images=len(skipped), skipped=list(skipped))
-    seen: set[tuple] = set()
-    with ManifestWriter(dataset / MANIFEST_NAME) as writer:
+    with CropJob(dataset, len(photos), skipped) as job:
         bar = tqdm(total=len(photos), desc="crop (ray)", unit="photo", disable=not progress)
         for batch in outcomes.iter_batches(batch_size=None, batch_format="numpy"):
             for blob in batch["outcome"]:
                 source, label, sha256, outcome = pickle.loads(bytes(blob))
-                key = _photo_key(source, sha256, label)
                 bar.update(1)
-                if outcome is None:
-                    summary.skipped_done += 1
-                    seen.add(key)
-                    continue
-                if key in seen:
-                    logger.info("%s: skipped, the same photo as one already cropped under %s", source, label)
-                    summary.duplicates += 1
-                    continue
-                seen.add(key)
-                write_outcome(dataset, outcome, writer)
+                if job.claim(_photo_key(source, sha256, label), source, label, done=outcome is None):
+                    job.write(outcome)
         bar.close()
-    return finish_crop_run(dataset, summary, seen)
+    return job.finish()
 
 
 __all__ = ["CropActor", "InputPhoto", "PhotoOutcome", "RayMissingError", "crop_photos_ray", "import_ray",

@@ -247,3 +247,22 @@ def test_rerun_warns_about_photos_moved_or_removed_from_the_input(brand_folders,
     with caplog.at_level("WARNING"):
         crop_photos(brand_folders, out, CropConfig(), detector=ColourBoxDetector(), progress=False)
     assert "1 manifest record(s) are of photos no longer in the input or now under another label" in caplog.text
+
+
+def test_a_failed_write_stops_the_job_and_nothing_after_it_is_written(brand_folders, tmp_path, monkeypatch):
+    """Crops are written on a thread beside the detector; its first error ends the job, in input order."""
+    real_write = detect.crop.write_outcome
+    written = []
+
+    def write_then_fail(dataset, outcome, writer):
+        if len(written) == 1:
+            raise OSError(28, "No space left on device")
+        written.append(outcome.source_path)
+        real_write(dataset, outcome, writer)
+
+    monkeypatch.setattr(detect.crop, "write_outcome", write_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        crop_photos(brand_folders, tmp_path / "out", CropConfig(min_size=8), detector=ColourBoxDetector(),
+                    progress=False)
+    assert {Path(record.source_path).name for record in read_manifest(tmp_path / "out" / MANIFEST_NAME)} == \
+        {"a.png"} and len(written) == 1
