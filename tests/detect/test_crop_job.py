@@ -252,10 +252,11 @@ def test_rerun_warns_about_photos_moved_or_removed_from_the_input(brand_folders,
 def test_a_failed_write_stops_the_job_and_nothing_after_it_is_written(brand_folders, tmp_path, monkeypatch):
     """Crops are written on a thread beside the detector; its first error ends the job, in input order."""
     real_write = detect.crop.write_outcome
-    written = []
+    calls, written = [], []
 
-    def write_then_fail(dataset, outcome, writer):
-        if len(written) == 1:
+    def write_then_fail(dataset, outcome, writer):  # the second write fails, later ones would succeed
+        calls.append(outcome.source_path)
+        if len(calls) == 2:
             raise OSError(28, "No space left on device")
         written.append(outcome.source_path)
         real_write(dataset, outcome, writer)
