@@ -45,6 +45,7 @@ from detcrop.data.layout import BACKUP_DIR, CONFIG_NAME, HISTORY_NAME, SPLIT_NAM
 from detcrop.data.locks import folder_lock
 from detcrop.data.outputs import check_output_path
 from detcrop.data.ray_runtime import RaySettings
+from detcrop.data.runtime import RUNTIMES, resolve_runtime
 from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
 
 logger = logging.getLogger(__name__)
@@ -100,14 +101,14 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-4  # Adam learning rate of phase 2 (low, to keep pretrained features)
     feature_batch_size: int = 32  # images per forward pass when computing features
     cache_dir: str = ""  # feature cache folder; "" = ~/.cache/detcrop/features
-    runtime: str = "tensorflow"  # feature pass runtime: "tensorflow" or "onnx" (ONNX Runtime; same cache)
+    runtime: str = "auto"  # feature pass runtime: "auto" (ONNX Runtime where installed, else TensorFlow), "onnx" or "tensorflow"; same cache
     mistakes: int = 16  # worst mistakes shown in mistakes.png
     target_accuracy: float = 0.0  # > 0: the unknown threshold keeps this accuracy on the val split (answering less); 0 = keep 95% of correct answers
 
     def __post_init__(self) -> None:
         checks = (
             (self.input_size >= 32, "input_size must be >= 32 pixels", self.input_size),
-            (self.runtime in ("tensorflow", "onnx"), "runtime must be tensorflow or onnx", self.runtime),
+            (self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}", self.runtime),
             (self.epochs >= 1 and self.batch_size >= 1 and self.feature_batch_size >= 1,
              "epochs, batch_size and feature_batch_size must be >= 1",
              (self.epochs, self.batch_size, self.feature_batch_size)),
@@ -294,12 +295,13 @@ def compute_features(examples: Examples, extractor: FeatureExtractor, config: Tr
     variants = ("orig", "flip") if (config.flip_features or config.tta_flip) else ("orig",)
     feature_model = extractor.model
     feature_pass = None
+    runtime = resolve_runtime(config.runtime)
     if ray is not None:
         from detcrop.classify.ray_features import RayFeaturePass
 
-        feature_pass = RayFeaturePass(extractor.model, config.backbone, config.input_size, config.seed, config.runtime,
+        feature_pass = RayFeaturePass(extractor.model, config.backbone, config.input_size, config.seed, runtime,
                                       ray, config.feature_batch_size)
-    elif config.runtime == "onnx":
+    elif runtime == "onnx":
         from detcrop.classify.onnx_runtime import OnnxFeatureModel
 
         feature_model = OnnxFeatureModel(extractor.model, config.input_size)

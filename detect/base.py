@@ -30,6 +30,7 @@ import numpy as np
 
 from detcrop.data.errors import DetcropError, UsageError
 from detcrop.data.packages import find_distribution_file
+from detcrop.data.runtime import AUTO, RUNTIMES, resolve_runtime
 from detcrop.detect.detections import Detections
 from detcrop.detect.labels import coco_labels
 
@@ -43,9 +44,9 @@ SSD_GRAPH_FILE = "models/frozen_inference_graph.pb"
 #: Environment variable naming a local SavedModel directory of the Faster R-CNN model.
 FASTER_RCNN_DIR_ENV = "DETCROP_FASTER_RCNN_DIR"
 
-#: Inference runtimes of the detector: TensorFlow, or ONNX Runtime (measured in the README).
-RUNTIMES = ("tensorflow", "onnx")
-DEFAULT_RUNTIME = "tensorflow"
+#: Inference runtimes of the detector: "auto" (ONNX Runtime where installed and the detector
+#: converts, else TensorFlow; `detcrop.data.runtime`), "onnx" or "tensorflow" (measured in the README).
+DEFAULT_RUNTIME = AUTO
 
 
 class DetectorLoadError(DetcropError, ValueError):
@@ -152,7 +153,8 @@ def is_registered_detector(name: str | os.PathLike) -> bool:
 def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: str = DEFAULT_RUNTIME) -> Detector:
     """A detector by registered name (see the module doc), TF Hub handle, SavedModel directory, `.pb` or `.onnx` file.
 
-    `runtime="onnx"` runs SSD frozen graphs in ONNX Runtime (converted once, cached).
+    `runtime="onnx"` runs SSD frozen graphs in ONNX Runtime (converted once, cached);
+    "auto" does so when ONNX Runtime is installed and runs other detectors in TensorFlow.
     Raises `DetectorNotFoundError` saying what was looked for and how to provide it.
     """
     if runtime not in RUNTIMES:
@@ -197,7 +199,7 @@ def onnx_model_path(name_or_path: str | os.PathLike, runtime: str) -> Path | Non
     path = Path(text).expanduser()
     if path.suffix == ".onnx" and path.is_file():
         return path
-    if runtime == "onnx":
+    if resolve_runtime(runtime) == "onnx":
         from detcrop.detect.onnx_detectors import converted_ssd_path
 
         if text == "ssd-mobilenet-v2":

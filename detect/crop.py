@@ -94,7 +94,7 @@ class CropConfig:
     max_pixels: int = ImageLimits.max_pixels  # photos with more pixels are refused as failed
     workers: int = 2  # decoding threads running ahead of the detector
     prefetch: int = 8  # decoded photos held ready for the detector
-    runtime: str = DEFAULT_RUNTIME  # detector runtime: "tensorflow" or "onnx" (ONNX Runtime; same boxes within 1 px)
+    runtime: str = DEFAULT_RUNTIME  # detector runtime: "auto" (ONNX Runtime where installed and the detector converts, else TensorFlow), "onnx" or "tensorflow"; same boxes within 1 px
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(str(target) for target in self.targets))

@@ -103,8 +103,7 @@ class CropActor:
             # One intra-op thread per actor: Ray scales by actors, one per CPU.
             self.detector = OnnxDetector(onnx_model, name=self.config.detector, threads=1)
         else:
-            if self.config.runtime == "tensorflow":
-                single_thread_tensorflow()
+            single_thread_tensorflow()
             from detcrop.detect.base import load_configured_detector
 
             self.detector = load_configured_detector(self.config.detector, self.config.runtime)

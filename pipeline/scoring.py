@@ -29,6 +29,7 @@ import numpy as np
 
 from detcrop.data.config import ConfigError, build_config
 from detcrop.data.images import ImageError, ImageLimits, load_image_array
+from detcrop.data.runtime import AUTO, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +117,11 @@ class Scorer:
         `detector` overrides the detector named in the bundle's crop config, which loads only
         when it is a registered name (see `detect.base.detector_to_load`); `max_objects`
         caps the objects scored per photo (training may keep only the best one); a
-        `score_threshold` overrides the crop config's; `detector_runtime` ("tensorflow" or
-        "onnx") the crop config's runtime; `classifier_runtime="onnx"` runs the classifier in
-        ONNX Runtime (converted once, cached). `on_empty` ("record" or "whole-photo") overrides what
+        `score_threshold` overrides the crop config's; `detector_runtime` and
+        `classifier_runtime` ("onnx", "tensorflow"; None = "auto": ONNX Runtime where installed
+        and the model converts) choose the runtimes, whatever runtime the training crops were
+        made with (runtimes agree within 1 px and 1e-4: a speed setting, not a result setting);
+        ONNX models are converted once and cached. `on_empty` ("record" or "whole-photo") overrides what
         happens to a photo with no detection; None keeps the training crops' policy (the crop
         config's ``on_empty``, "record" when the bundle has none).
         """
@@ -126,7 +129,7 @@ class Scorer:
         from detcrop.detect.crop import CropConfig
 
         bundle = load_bundle(run_dir)
-        if classifier_runtime == "onnx":
+        if resolve_runtime(classifier_runtime or AUTO) == "onnx":
             from detcrop.classify.onnx_runtime import onnx_bundle
 
             bundle = onnx_bundle(bundle, run_dir)
@@ -145,8 +148,7 @@ class Scorer:
                                                    f"{os.path.join(run_dir, BUNDLE_NAME)} (crop_config.detector)")
         if score_threshold is not None:
             runtime["score_threshold"] = score_threshold
-        if detector_runtime is not None:
-            runtime["runtime"] = detector_runtime
+        runtime["runtime"] = detector_runtime or AUTO
         crop_config = build_config(CropConfig, {**saved, **runtime})
         threshold = unknown_threshold
         if threshold is None:

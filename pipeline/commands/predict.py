@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from detcrop.data.errors import UsageError
-from detcrop.detect.base import RUNTIMES
+from detcrop.data.runtime import RUNTIMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,9 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("photos", nargs="+", help="photo files or folders (searched recursively)")
     parser.add_argument("--detector", help="detector name, TF Hub handle, SavedModel folder or .pb "
                         "(default: the one the training crops were made with)")
-    parser.add_argument("--runtime", choices=RUNTIMES, help="runtime of the detector and the classifier: tensorflow, "
-                        "or onnx (ONNX Runtime; both are converted once and cached) (default: the crop config's "
-                        "detector runtime, TensorFlow for the classifier)")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="runtime of the detector and the classifier: onnx (ONNX "
+                        "Runtime; both are converted once and cached), tensorflow, or auto: onnx where ONNX Runtime "
+                        "is installed and the model converts, else tensorflow (default: auto)")
     parser.add_argument("--no-detect", action="store_true", help="classify whole images (data already cropped)")
     parser.add_argument("--unknown-threshold", type=float,
                         help="label an object 'unknown' under this top probability (default: chosen on the "

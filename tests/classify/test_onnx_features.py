@@ -28,5 +28,5 @@ def test_onnx_feature_pass_fills_the_cache_with_tensorflows_features(tmp_path):
 
 
 def test_unknown_runtime_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="runtime must be tensorflow or onnx"):
+    with pytest.raises(ValueError, match="runtime must be one of auto, onnx, tensorflow"):
         quick_config(tmp_path, runtime="tflite")

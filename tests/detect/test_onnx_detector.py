@@ -121,3 +121,18 @@ def test_onnx_runtime_matches_tensorflow_on_real_photos(both_runtimes, shared_da
         cropped["tf"].append(bool(crop_detections(image, expected, CropConfig())))
         cropped["onnx"].append(bool(crop_detections(image, got, CropConfig())))
     assert cropped["tf"] == cropped["onnx"] and sum(cropped["tf"]) >= 20
+
+
+def test_the_default_runtime_runs_the_ssd_in_onnx_runtime_and_other_detectors_in_tensorflow(both_runtimes):
+    from detcrop.detect.base import DETECTORS, register_detector
+    from detcrop.detect.crop import CropConfig
+
+    assert CropConfig().runtime == "auto" and isinstance(load_detector("ssd-mobilenet-v2"), OnnxDetector)
+    fake = object()
+    register_detector("test-fake-for-auto", lambda: fake, "a detector ONNX Runtime cannot run")
+    try:
+        assert load_detector("test-fake-for-auto") is fake  # "auto" leaves it in TensorFlow
+        with pytest.raises(ValueError, match="use --runtime tensorflow"):
+            load_detector("test-fake-for-auto", runtime="onnx")
+    finally:
+        del DETECTORS["test-fake-for-auto"]
