@@ -21,6 +21,7 @@ Runtime after a one-off conversion (`detect.onnx_detectors`).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from detcrop.data.packages import find_distribution_file
 from detcrop.data.runtime import AUTO, RUNTIMES, resolve_runtime
 from detcrop.detect.detections import Detections
 from detcrop.detect.labels import coco_labels
+
+logger = logging.getLogger(__name__)
 
 #: The offline default.
 DEFAULT_DETECTOR = "ssd-mobilenet-v2"
@@ -163,7 +166,14 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
     path = Path(text).expanduser()
     if path.suffix == ".onnx" and not path.is_file():
         raise DetectorNotFoundError(f"detector {text!r} not found: {path.resolve()} does not exist")
-    onnx_path = onnx_model_path(text, runtime)
+    try:
+        onnx_path = onnx_model_path(text, runtime)
+    except DetectorLoadError as error:
+        if runtime != AUTO:
+            raise
+        # A .pb that is not an SSD graph detcrop can split: TensorFlow runs it (or says what it is).
+        logger.info("--runtime auto: %s runs in TensorFlow (%s)", text, error)
+        onnx_path = None
     if onnx_path is not None:
         from detcrop.detect.onnx_detectors import OnnxDetector
 

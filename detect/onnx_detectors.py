@@ -189,7 +189,11 @@ def convert_ssd_graph(graph_path: str | os.PathLike) -> bytes:
         raise OnnxRuntimeMissingError("converting a frozen graph to ONNX needs tf2onnx: "
                                       "pip install 'detcrop[export]'") from None
     graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(Path(graph_path).read_bytes())
+    try:
+        graph_def.ParseFromString(Path(graph_path).read_bytes())
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError, or what a bad file raises in it
+        raise DetectorLoadError(f"{graph_path}: not a TensorFlow frozen graph ({type(error).__name__}: {error})") \
+            from None
     nodes = {node.name: node for node in graph_def.node}
     try:
         settings = read_nms_settings(graph_def)

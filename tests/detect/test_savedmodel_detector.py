@@ -77,11 +77,14 @@ def test_missing_ssd_package_says_which_package(monkeypatch):
         load_detector("ssd-mobilenet-v2")
 
 
-def test_not_a_frozen_graph_is_rejected(tmp_path):
+@pytest.mark.parametrize("runtime", ["auto", "tensorflow", "onnx"])
+def test_not_a_frozen_graph_is_rejected(tmp_path, runtime):
+    if runtime == "onnx":
+        pytest.importorskip("tf2onnx")
     bogus = tmp_path / "model.pb"
     bogus.write_bytes(b"\x00 definitely not a graph \xff" * 10)
     with pytest.raises(ValueError, match="model.pb"):
-        load_detector(bogus)
+        load_detector(bogus, runtime=runtime)
 
 
 @pytest.mark.large
