@@ -166,14 +166,7 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
     path = Path(text).expanduser()
     if path.suffix == ".onnx" and not path.is_file():
         raise DetectorNotFoundError(f"detector {text!r} not found: {path.resolve()} does not exist")
-    try:
-        onnx_path = onnx_model_path(text, runtime)
-    except DetectorLoadError as error:
-        if runtime != AUTO:
-            raise
-        # A .pb that is not an SSD graph detcrop can split: TensorFlow runs it (or says what it is).
-        logger.info("--runtime auto: %s runs in TensorFlow (%s)", text, error)
-        onnx_path = None
+    onnx_path = onnx_model_path(text, runtime)
     if onnx_path is not None:
         from detcrop.detect.onnx_detectors import OnnxDetector
 
@@ -202,8 +195,9 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
 def onnx_model_path(name_or_path: str | os.PathLike, runtime: str) -> Path | None:
     """The ONNX file `load_detector(name_or_path, runtime)` runs, or None when it runs no ONNX model.
 
-    An existing .onnx file as it is; with runtime "onnx", the offline SSD or a frozen-graph .pb
-    converted once (`onnx_detectors.converted_ssd_path`, cached by content hash).
+    An existing .onnx file as it is; with runtime "onnx" (or "auto" with ONNX Runtime installed),
+    the offline SSD or a frozen-graph .pb converted once (`onnx_detectors.converted_ssd_path`,
+    cached by content hash); under "auto", a .pb that does not convert stays in TensorFlow.
     """
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
@@ -215,7 +209,13 @@ def onnx_model_path(name_or_path: str | os.PathLike, runtime: str) -> Path | Non
         if text == "ssd-mobilenet-v2":
             return converted_ssd_path(ssd_graph_path())
         if path.is_file() and path.suffix == ".pb":
-            return converted_ssd_path(path)
+            try:
+                return converted_ssd_path(path)
+            except DetectorLoadError as error:
+                if runtime != AUTO:
+                    raise
+                # Not an SSD graph detcrop can split: TensorFlow runs it (or says what it is).
+                logger.info("--runtime auto: %s runs in TensorFlow (%s)", text, error)
     return None
 
 
