@@ -13,6 +13,10 @@ e.g. ``block6a`` of EfficientNet-Lite0):
   works on maps: the cached mirror image chosen at random, random shifts of the maps by up to
   `shift` cells (symmetric padding, then a random crop back to size) and optional mixup.
 
+The frozen head that fine-tuning starts from is trained on ``pool(upper(maps))``
+(`pooled_features`): only the blocks above the cut run for it, so a run pays for one pass of
+the lower part per image instead of that and a second pass through the whole base.
+
 The upper layers are the base's own layers, so training them updates the base in place and
 the bundle is composed exactly as for a frozen base. The kept epoch is the best val
 accuracy (ties to the lower val loss); the result replaces the frozen head only if it beats
@@ -20,7 +24,10 @@ the frozen head's val accuracy.
 
 Example (what `train` does with ``TrainConfig(train_from="block6a")``)::
 
-    result = partial_fine_tune(base, preprocessing, head, settings, images, labels, train_rows, val_rows, ...)
+    lower, upper, cut = activation_model(base, preprocessing, "block6a", 224)
+    maps = extract_features(paths, sha256s, lower, ActivationCache(...), 224, ("orig", "flip")).features
+    features = {variant: pooled_features(upper, maps[variant]) for variant in maps}  # the frozen head's
+    result = partial_fine_tune(upper, head, settings, maps, labels, train_rows, val_rows, classes)
 """
 
 from __future__ import annotations
@@ -95,9 +102,7 @@ class PartialResult:
     best_epoch: int  # 0-based epoch kept
     val_acc: float  # val accuracy of the kept weights (no TTA)
     history: dict[str, list]
-    val_probabilities: np.ndarray | None  # (len(val_kept), classes) of the kept model, flip-TTA averaged when asked
-    val_kept: np.ndarray  # positions in val_rows that the probabilities are for
-    kept: np.ndarray  # rows (of paths) that have activations, ascending
+    val_probabilities: np.ndarray | None  # (len(val_rows), classes) of the kept model, flip-TTA averaged when asked
     timings: dict[str, float]
 
 
@@ -128,14 +133,35 @@ def split_at(base, train_from: str):
     return lower, upper, cut_layer.name
 
 
-def _lower_model(lower, preprocessing, input_size: int):
+def activation_model(base, preprocessing, train_from: str, input_size: int):
+    """(pixels -> maps at the cut, upper, cut layer name): the frozen lower part behind the preprocessing.
+
+    The maps are what `ActivationCache` holds; `upper` is the base from the cut up (see `split_at`).
+    """
     import keras
 
+    lower, upper, cut_name = split_at(base, train_from)
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
     x = inputs
     for layer in preprocessing:
         x = layer(x)
-    return keras.Model(inputs, lower(x, training=False), name="activations")
+    return keras.Model(inputs, lower(x, training=False), name="activations"), upper, cut_name
+
+
+def pooled_features(upper, maps: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The frozen base's pooled features from maps cached at the cut: ``pool(upper(maps))``, float32.
+
+    Only the blocks above the cut run, so features of a partial fine-tuning run cost a fraction
+    of a second forward pass through the whole base.
+    """
+    import keras
+
+    inputs = keras.Input(maps.shape[1:], name="maps")
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(upper(inputs, training=False))
+    model = keras.Model(inputs, pooled, name="pooled_from_maps")
+    outputs = [np.asarray(model(maps[start:start + batch_size].astype(np.float32), training=False))
+               for start in range(0, len(maps), batch_size)]
+    return np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def _trainable_model(upper, head, map_shape):
@@ -202,47 +228,25 @@ def _train_dataset(orig: np.ndarray, flip: np.ndarray | None, labels: np.ndarray
     return data.prefetch(2)
 
 
-def partial_fine_tune(base, preprocessing, head, settings: PartialSettings, paths: Sequence, sha256s: Sequence[str],
-                      labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, classes: int,
-                      cache: ActivationCache | None, input_size: int, backbone: str, weights_source: str,
-                      cache_root: str | os.PathLike | None = None, frozen_val_acc: float = -1.0,
-                      tta_flip: bool = True, feature_batch_size: int = 32, progress: bool = True,
-                      history: dict[str, list] | None = None, callbacks: Sequence = ()) -> PartialResult:
-    """Fine-tune `base` from `settings.train_from` up, and `head`, on cached activations.
+def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
+                      train_rows: np.ndarray, val_rows: np.ndarray, classes: int, frozen_val_acc: float = -1.0,
+                      tta_flip: bool = True, history: dict[str, list] | None = None,
+                      callbacks: Sequence = ()) -> PartialResult:
+    """Fine-tune `upper` (the base from `settings.train_from` up, see `activation_model`) and `head`.
 
-    `paths`, `sha256s` and `labels` describe every image; `train_rows` and `val_rows` index
-    them. Images whose activations cannot be computed are dropped (their features were
-    already reported unreadable). `base` and `head` are updated in place; when the best epoch
-    does not beat `frozen_val_acc` they are restored and `improved` is False.
+    `maps` holds every image's cached activations per variant ("orig", "flip"), row-aligned
+    with `labels`; `train_rows` and `val_rows` index them. `upper` and `head` are updated in
+    place; when the best epoch does not beat `frozen_val_acc` they are restored and `improved`
+    is False.
     """
     import keras
 
-    from detcrop.classify.features import extract_features
-
     timings: dict[str, float] = {}
     history = {} if history is None else history
-    lower, upper, cut_name = split_at(base, settings.train_from)
-    if cache is None:
-        cache = ActivationCache(cache_root or default_activation_cache_dir(), backbone, input_size, weights_source,
-                                cut_name)
-    tick = time.perf_counter()
-    rows = np.concatenate([train_rows, val_rows])
-    activations = extract_features([paths[row] for row in rows], [sha256s[row] for row in rows],
-                                   _lower_model(lower, preprocessing, input_size), cache, input_size,
-                                   ("orig", "flip"), feature_batch_size, progress)
-    timings["activations"] = time.perf_counter() - tick
-    kept = np.asarray(activations.kept, dtype=np.int64)
-    is_train = kept < len(train_rows)
-    orig, flip = activations.features["orig"], activations.features["flip"]
-    train_orig, train_flip = orig[is_train], flip[is_train]
-    val_orig, val_flip = orig[~is_train], flip[~is_train]
-    train_y = labels[rows[kept[is_train]]]
-    val_y = labels[rows[kept[~is_train]]]
-    logger.info("activations at %s: %s per image; %d train, %d val (%.0f s)", cut_name,
-                "x".join(str(size) for size in orig.shape[1:]), len(train_y), len(val_y), timings["activations"])
-
-    val_kept = kept[~is_train] - len(train_rows)
-    kept_rows = np.sort(rows[kept])
+    orig, flip = maps["orig"], maps["flip"]
+    train_orig, train_flip = orig[train_rows], flip[train_rows]
+    val_orig, val_flip = orig[val_rows], flip[val_rows]
+    train_y, val_y = labels[train_rows], labels[val_rows]
     initial_weights = [layer.get_weights() for layer in upper.layers], head.get_weights()
     model = _trainable_model(upper, head, orig.shape[1:])
     sample_weights = None
@@ -288,10 +292,10 @@ def partial_fine_tune(base, preprocessing, head, settings: PartialSettings, path
         for layer, weights in zip(upper.layers, initial_weights[0]):
             layer.set_weights(weights)
         head.set_weights(initial_weights[1])
-        return PartialResult(False, best.epoch, val_acc, history, None, val_kept, kept_rows, timings)
+        return PartialResult(False, best.epoch, val_acc, history, None, timings)
     model.set_weights(best.weights)
     probabilities = np.asarray(model.predict(val_orig.astype(np.float32), batch_size=64, verbose=0))
     if tta_flip:
         probabilities = (probabilities + np.asarray(model.predict(val_flip.astype(np.float32), batch_size=64,
                                                                   verbose=0))) / 2
-    return PartialResult(True, best.epoch, val_acc, history, probabilities, val_kept, kept_rows, timings)
+    return PartialResult(True, best.epoch, val_acc, history, probabilities, timings)

@@ -37,24 +37,28 @@ def _weights_bytes(model) -> bytes:
 class FeatureActor:
     """One feature model per Ray worker; `__call__` turns a batch of image bytes into feature rows."""
 
-    def __init__(self, backbone: str, input_size: int, seed: int, variants: tuple, channels: int,
-                 onnx_model=None, weights=None):
+    def __init__(self, backbone: str, input_size: int, seed: int, variants: tuple, shape: tuple,
+                 onnx_model=None, weights=None, train_from: str = ""):
         from detcrop.classify.bundle import resize_layer
 
-        self.input_size, self.variants, self.channels = int(input_size), tuple(variants), int(channels)
+        self.input_size, self.variants, self.shape = int(input_size), tuple(variants), tuple(shape)
         onnx_model, weights = shared_value(onnx_model), shared_value(weights)
         if onnx_model is not None:
             from detcrop.classify.onnx_runtime import OnnxClassifier
 
             # One intra-op thread per actor: Ray scales by actors, one per CPU.
-            self.model = OnnxClassifier(onnx_model, self.channels, threads=1)
+            self.model = OnnxClassifier(onnx_model, self.shape[-1], threads=1)
         else:
             single_thread_tensorflow()
             from detcrop.classify.features import build_feature_model
 
             # The driver's architecture, randomly initialised, then given the driver's weights: no
             # download or weights file is needed on the worker, and the features are the driver's.
-            self.model = build_feature_model(backbone, self.input_size, "none", seed)[0]
+            self.model, _, base, preprocessing = build_feature_model(backbone, self.input_size, "none", seed)
+            if train_from:  # the maps at the cut of partial fine-tuning, as the driver's pass makes them
+                from detcrop.classify.partial_finetune import activation_model
+
+                self.model = activation_model(base, preprocessing, train_from, self.input_size)[0]
             with np.load(io.BytesIO(weights), allow_pickle=False) as arrays:
                 self.model.set_weights([arrays[f"arr_{index}"] for index in range(len(arrays.files))])
         self.layer = resize_layer(self.input_size)
@@ -71,7 +75,7 @@ class FeatureActor:
         columns = {"path": np.asarray(batch["path"]), "error": np.asarray(errors, dtype=object)}
         outputs = variant_features(self.model, images, self.input_size, self.variants, self.layer) if images else {}
         for variant in self.variants:
-            column = np.zeros((len(errors), self.channels), dtype=np.float32)
+            column = np.zeros((len(errors), *self.shape), dtype=np.float32)
             if images:
                 column[rows] = outputs[variant]
             columns[variant] = column
@@ -81,16 +85,18 @@ class FeatureActor:
 class RayFeaturePass:
     """A feature pass for `extract_features(..., feature_pass=...)` on `settings.workers` Ray actors.
 
-    `feature_model` is the driver's Keras feature model (`features.build_feature_model`); with
+    `feature_model` is the driver's Keras feature model (`features.build_feature_model`), or with
+    `train_from` its activation model at that cut (`partial_finetune.activation_model`); with
     `runtime="onnx"` it is converted once on the driver when there is something to compute.
     """
 
     def __init__(self, feature_model, backbone: str, input_size: int, seed: int, runtime: str = "tensorflow",
-                 settings: RaySettings = RaySettings(), batch_size: int = 32):
+                 settings: RaySettings = RaySettings(), batch_size: int = 32, train_from: str = ""):
         import_ray()  # before any work: without the extra, say how to install it
         self.feature_model = feature_model
         self.backbone, self.input_size, self.seed = backbone, int(input_size), int(seed)
         self.runtime, self.settings, self.batch_size = runtime, settings, int(batch_size)
+        self.train_from = train_from
 
     def _model_payload(self) -> dict:
         if self.runtime == "onnx":
@@ -110,7 +116,8 @@ class RayFeaturePass:
             features = map_with_actors(
                 ray, read_files(ray, read_paths, self.settings.workers), FeatureActor, self.settings, batch_size, backbone=self.backbone,
                 input_size=self.input_size, seed=self.seed, variants=tuple(variants),
-                channels=int(self.feature_model.output_shape[-1]), **self._model_payload())
+                shape=tuple(int(size) for size in self.feature_model.output_shape[1:]), train_from=self.train_from,
+                **self._model_payload())
             for batch in features.iter_batches(batch_size=None, batch_format="numpy"):
                 for row, (path, error) in enumerate(zip(batch["path"], batch["error"])):
                     outcome = error or {variant: batch[variant][row] for variant in variants}

@@ -7,9 +7,12 @@ of every array is image i):
    content and by source photo when the dataset has a crop manifest, stratified by class).
 2. `compute_features`: features of the frozen base are computed once per image (and its
    mirror) and cached; images without features leave the index space here, and only here.
+   With partial fine-tuning (the default) the cached pass stops at the cut and the features
+   are pooled from the cached maps by the blocks above it (`classify.partial_finetune`).
 3. `fit_head`: the head (dropout + dense softmax on the pooled features) trains on them with
    early stopping, LR reduction on plateau, the best epoch by val accuracy and class weights.
-4. `fine_tune` (optional, ``fine_tune_layers > 0``): the top layers of the base are unfrozen
+4. `_partial_fine_tune` (default, ``train_from``): the blocks above the cut and the head train
+   on the cached maps. Or `fine_tune` (``fine_tune_layers > 0``): the top layers of the base are unfrozen
    (BatchNorm stays frozen and in inference mode), images pass through augmentation layers,
    and the whole model trains at a low learning rate. Its state is saved after every epoch in
    ``RUN/backup``, so a killed run, rerun, continues exactly where it stopped.
@@ -285,33 +288,54 @@ def build_extractor(config: TrainConfig) -> FeatureExtractor:
 
 
 def compute_features(examples: Examples, extractor: FeatureExtractor, config: TrainConfig, progress: bool,
-                     ray: RaySettings | None = None) -> tuple[Examples, dict[str, np.ndarray], list[tuple[str, str]], dict]:
-    """Step 2: (examples that have features, variant -> features row-aligned with them, skipped, cache counts).
+                     ray: RaySettings | None = None,
+                     ) -> tuple[Examples, dict[str, np.ndarray], list[tuple[str, str]], dict, dict[str, np.ndarray] | None]:
+    """Step 2: (examples that have features, variant -> features row-aligned with them, skipped, cache counts, maps).
 
-    With `ray`, the images without cached features go through Ray Data (`classify.ray_features`).
+    With partial fine-tuning (`resolve_train_from`), the pass runs the base up to the cut and
+    caches those maps (`partial_finetune.ActivationCache`); the frozen head's features are then
+    ``pool(upper(maps))`` and `maps` (variant -> activations, row-aligned too) is returned for
+    step 4. Otherwise the pass runs the whole base into the feature cache and `maps` is None.
+    With `ray`, the images without cached outputs go through Ray Data (`classify.ray_features`).
     """
     from detcrop.classify.features import extract_features
 
     variants = ("orig", "flip") if (config.flip_features or config.tta_flip) else ("orig",)
-    feature_model = extractor.model
+    train_from = resolve_train_from(config)
+    if train_from:
+        from detcrop.classify.partial_finetune import ActivationCache, activation_model, default_activation_cache_dir
+
+        model, upper, cut_name = activation_model(extractor.base, extractor.preprocessing, train_from,
+                                                  config.input_size)
+        cache_root = Path(config.cache_dir) / "activations" if config.cache_dir else default_activation_cache_dir()
+        cache = ActivationCache(cache_root, config.backbone, config.input_size, extractor.weights_source, cut_name)
+        variants = ("orig", "flip")  # the map augmentation picks the mirror at random
+    else:
+        model, cache = extractor.model, extractor.cache
     feature_pass = None
     runtime = resolve_runtime(config.runtime)
     if ray is not None:
         from detcrop.classify.ray_features import RayFeaturePass
 
-        feature_pass = RayFeaturePass(extractor.model, config.backbone, config.input_size, config.seed, runtime,
-                                      ray, config.feature_batch_size)
+        feature_pass = RayFeaturePass(model, config.backbone, config.input_size, config.seed, runtime,
+                                      ray, config.feature_batch_size, train_from=train_from)
     elif runtime == "onnx":
         from detcrop.classify.onnx_runtime import OnnxFeatureModel
 
-        feature_model = OnnxFeatureModel(extractor.model, config.input_size)
-    result = extract_features(examples.paths, examples.sha256s, feature_model, extractor.cache, config.input_size,
+        model = OnnxFeatureModel(model, config.input_size)
+    result = extract_features(examples.paths, examples.sha256s, model, cache, config.input_size,
                               variants, config.feature_batch_size, progress, feature_pass)
     examples = examples.keep(result.kept)  # result.features rows follow result.kept
     if not len(examples.train) or not len(examples.val):
         raise TrainingError("no loadable images left on the train or val side")
-    counts = {"folder": str(extractor.cache.folder), "computed": result.computed, "cached": result.cached}
-    return examples, result.features, result.skipped, counts
+    counts = {"folder": str(cache.folder), "computed": result.computed, "cached": result.cached}
+    maps, features = None, result.features
+    if train_from:
+        from detcrop.classify.partial_finetune import pooled_features
+
+        maps = features
+        features = {variant: pooled_features(upper, maps[variant]) for variant in variants}
+    return examples, features, result.skipped, counts, maps
 
 
 # --------------------------------------------------------------------------- head
@@ -741,13 +765,10 @@ def fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: 
 
 
 def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: Examples,
-                       features: dict[str, np.ndarray], classes: int, run_dir: Path, history: dict[str, list],
-                       callbacks: Sequence, progress: bool):
-    """Step 4 (default): the top of the base and the head on cached activations; see classify.partial_finetune.
-
-    Returns (examples, result); rows whose activations could not be computed leave `examples`.
-    """
-    from detcrop.classify.partial_finetune import PartialSettings, default_activation_cache_dir, partial_fine_tune
+                       features: dict[str, np.ndarray], maps: dict[str, np.ndarray], classes: int, run_dir: Path,
+                       history: dict[str, list], callbacks: Sequence):
+    """Step 4 (default): the top of the base and the head on the cached maps; see classify.partial_finetune."""
+    from detcrop.classify.partial_finetune import PartialSettings, partial_fine_tune, split_at
 
     settings = PartialSettings(
         train_from=resolve_train_from(config), epochs=config.partial_epochs,
@@ -755,19 +776,15 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
         batch_size=config.batch_size, label_smoothing=config.label_smoothing, class_weights=config.class_weights,
         seed=config.seed)
     frozen_accuracy = head_val_accuracy(head, examples, features)
-    cache_root = Path(config.cache_dir) / "activations" if config.cache_dir else default_activation_cache_dir()
+    upper = split_at(extractor.base, settings.train_from)[1]
     watch = _CancelWatch("partial")
     result = partial_fine_tune(
-        extractor.base, extractor.preprocessing, head, settings, examples.paths, examples.sha256s, examples.labels,
-        examples.train, examples.val, classes, None, config.input_size, config.backbone, extractor.weights_source,
-        cache_root=cache_root, frozen_val_acc=frozen_accuracy, tta_flip=config.tta_flip,
-        feature_batch_size=config.feature_batch_size, progress=progress, history=history,
+        upper, head, settings, maps, examples.labels, examples.train, examples.val, classes,
+        frozen_val_acc=frozen_accuracy, tta_flip=config.tta_flip, history=history,
         callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, "partial")])
     watch.raise_if_cancelled(run_dir)
     atomic_write_json(run_dir / HISTORY_NAME, history)
-    if len(result.kept) < len(examples.paths):
-        examples = examples.keep(result.kept)
-    return examples, result
+    return result
 
 
 # --------------------------------------------------------------------------- val predictions, reports, bundle
@@ -891,7 +908,8 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
 
         tick = time.perf_counter()
         extractor = build_extractor(config)
-        examples, features, unreadable, cache_counts = compute_features(examples, extractor, config, progress, ray)
+        examples, features, unreadable, cache_counts, maps = compute_features(examples, extractor, config,
+                                                                                 progress, ray)
         skipped += unreadable
         timings["features"] = time.perf_counter() - tick
         atomic_write_json(run_dir / SPLIT_NAME, {"train": [str(examples.paths[row]) for row in examples.train],
@@ -906,8 +924,9 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
         partial = None
         if resolve_train_from(config):
             tick = time.perf_counter()
-            examples, partial = _partial_fine_tune(config, extractor, head, examples, features, len(class_names),
-                                                   run_dir, history, callbacks, progress)
+            partial = _partial_fine_tune(config, extractor, head, examples, features, maps, len(class_names),
+                                         run_dir, history, callbacks)
+            del maps
             timings.update({f"partial_{key}": value for key, value in partial.timings.items()})
             timings["partial_fine_tune"] = time.perf_counter() - tick
         if partial is not None and partial.improved:

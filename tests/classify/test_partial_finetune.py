@@ -67,7 +67,8 @@ def test_train_with_partial_fine_tuning_writes_a_consistent_bundle(partial_run):
     tmp_path, dataset, result = partial_run
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["phase"].count("partial") == 3 and history["phase"][0] == "head"
-    assert {"partial_activations", "partial_train"} <= set(result.timings)
+    assert {"features", "partial_train"} <= set(result.timings)
+    assert result.metrics["feature_cache"]["folder"].split("/")[-1].startswith("scratch-32px-conv2-")
     cached = list((tmp_path / "cache" / "activations").glob("scratch-32px-conv2-*/*.flip.npy"))
     assert len(cached) == 30  # every image's mirror, once
     # Whatever phase won, the saved model reproduces the reported val accuracy from raw pixels.
