@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
@@ -16,20 +15,6 @@ def _files(dataset):
     """{relative path: bytes} of every crop and the manifest (not the lock, the config or the summary)."""
     return {path.relative_to(dataset).as_posix(): path.read_bytes() for path in sorted(dataset.rglob("*"))
             if path.is_file() and (path.suffix == ".jpg" or path.name == MANIFEST_NAME)}
-
-
-def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    (tmp_path / "photos").mkdir()
-    code = main(["crop", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--engine", "ray"])
-    error = capsys.readouterr().err
-    assert code == 2 and "pip install 'detcrop[ray]'" in error and len(error.strip().splitlines()) == 1
-
-
-def test_ray_address_without_the_ray_engine_is_refused(tmp_path, capsys):
-    (tmp_path / "photos").mkdir()
-    assert main(["crop", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--ray-address", "auto"]) == 2
-    assert "--ray-address needs --engine ray" in capsys.readouterr().err
 
 
 @pytest.mark.shared

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 
@@ -57,3 +58,24 @@ def test_only_expected_failures_become_one_line_anything_else_keeps_its_tracebac
     monkeypatch.undo()
     assert cli.main(["validate", str(tmp_path / "missing")]) == 2  # MissingFileError: a DetcropError
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["crop", "train"])
+def test_without_ray_the_ray_engine_says_how_to_install_it_before_any_work(command, monkeypatch, tmp_path, capsys):
+    from detcrop.pipeline.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    (tmp_path / "in").mkdir()
+    code = main([command, str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--engine", "ray"])
+    error = capsys.readouterr().err
+    assert code == 2 and "pip install 'detcrop[ray]'" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["crop", "train"])
+def test_ray_address_without_the_ray_engine_is_refused(command, tmp_path, capsys):
+    from detcrop.pipeline.cli import main
+
+    (tmp_path / "in").mkdir()
+    assert main([command, str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--ray-address", "auto"]) == 2
+    assert "--ray-address needs --engine ray" in capsys.readouterr().err
