@@ -117,8 +117,11 @@ def single_thread_tensorflow() -> None:
     """One TensorFlow thread per actor: Ray scales by actors, one per CPU."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TensorFlow already runs in this process (an actor called in-process): its threads stay
 
 
 __all__ = ["RayMissingError", "RaySettings", "import_ray", "map_with_actors", "path_key", "ray_session",

@@ -40,8 +40,9 @@ def test_ray_feature_pass_fills_the_local_cache_and_resumes(shared_data, tmp_pat
     pytest.importorskip("ray.data")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     dataset = watches_dataset(shared_data, tmp_path / "data")
-    local_config = quick_config(tmp_path, epochs=1, cache_dir=str(tmp_path / "cache-local"), train_from=train_from,
-                                partial_epochs=1)
+    # Locally in TensorFlow; on Ray with the default runtime (ONNX Runtime actors where installed).
+    local_config = quick_config(tmp_path, epochs=1, runtime="tensorflow", cache_dir=str(tmp_path / "cache-local"),
+                                train_from=train_from, partial_epochs=1)
     local = train(dataset, tmp_path / "run-local", local_config, progress=False)
     ray_config = quick_config(tmp_path, epochs=1, cache_dir=str(tmp_path / "cache-ray"), train_from=train_from,
                               partial_epochs=1)
@@ -68,3 +69,26 @@ def test_ray_feature_pass_fills_the_local_cache_and_resumes(shared_data, tmp_pat
                  "--ray-workers", "2", "--train-from", train_from, "--partial-epochs", "1", "-q"]) == 0
     metrics = json.loads((tmp_path / "run-ray" / "metrics.json").read_text())
     assert metrics["feature_cache"]["computed"] == 0 and metrics["feature_cache"]["cached"] == 30
+
+
+@pytest.mark.shared
+def test_a_tensorflow_actor_computes_the_drivers_features_from_its_shipped_weights(shared_data, tmp_path):
+    """The actor of `--runtime tensorflow`, called in-process: architecture rebuilt, driver's weights loaded."""
+    pytest.importorskip("ray")
+    from detcrop.classify.features import LocalFeaturePass, build_feature_model
+    from detcrop.classify.ray_features import FeatureActor, _weights_bytes
+
+    dataset = watches_dataset(shared_data, tmp_path / "data", per_brand=2)
+    paths = sorted(str(path) for path in dataset.rglob("*.jpg"))
+    model = build_feature_model("scratch", 32, None, seed=3)[0]  # not the actor's seed: the weights must travel
+    actor = FeatureActor("scratch", 32, 0, ("orig", "flip"), tuple(model.output_shape[1:]),
+                         weights=_weights_bytes(model))
+    rows = actor({"bytes": [open(path, "rb").read() for path in paths], "path": paths})
+    expected = dict(LocalFeaturePass(model, 32)(paths, ("orig", "flip")))
+    broken = paths.index(str(dataset / "omega" / "broken.jpg"))
+    assert expected[broken] == rows["error"][broken] and "not a recognisable image" in rows["error"][broken]
+    for position, features in expected.items():
+        if position != broken:
+            assert rows["error"][position] == ""
+            for variant in ("orig", "flip"):
+                np.testing.assert_allclose(rows[variant][position], features[variant], atol=1e-5)
