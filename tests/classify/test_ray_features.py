@@ -63,7 +63,8 @@ def test_ray_feature_pass_fills_the_local_cache_and_resumes(shared_data, tmp_pat
         [str(dataset / "omega" / "broken.jpg")]
     assert (tmp_path / "run-ray" / "model.keras").is_file()
 
-    # Resumable: a second run through the CLI finds every feature in the cache and computes none.
+    # Resumable: a second run through the CLI finds every feature in the cache and computes none
+    # (only the broken file, which has no cache entry, goes to Ray again).
     assert main(["train", str(dataset), "--out", str(tmp_path / "run-ray"), "--backbone", "scratch",
                  "--input-size", "32", "--epochs", "1", "--cache-dir", str(tmp_path / "cache-ray"), "--engine", "ray",
                  "--ray-workers", "2", "--train-from", train_from, "--partial-epochs", "1", "-q"]) == 0
