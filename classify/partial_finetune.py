@@ -10,8 +10,9 @@ e.g. ``block6a`` of EfficientNet-Lite0):
   (image content hash, backbone, input size, weights source, cut; see `ActivationCache`);
 - the **upper part** (the blocks from the cut up, the head conv) and the classifier head
   train on those cached maps, BatchNorm frozen and in inference mode, with augmentation that
-  works on maps: the cached mirror image chosen at random, random shifts of the maps by up to
-  `shift` cells (symmetric padding, then a random crop back to size) and optional mixup.
+  works on maps: a cached view chosen at random (the image, its mirror and, with ``zoom``,
+  their centred crops), random shifts of the maps by up to `shift` cells (symmetric padding,
+  then a random crop back to size) and optional mixup.
 
 The frozen head that fine-tuning starts from is trained on ``pool(upper(maps))``
 (`pooled_features`): only the blocks above the cut run for it, so a run pays for one pass of
@@ -177,29 +178,27 @@ def _trainable_model(upper, head, map_shape):
     return keras.Model(inputs, head(x), name="partial")
 
 
-def _train_dataset(orig: np.ndarray, flip: np.ndarray | None, labels: np.ndarray, classes: int,
-                   settings: PartialSettings, sample_weights: np.ndarray | None):
-    """Batches of augmented maps: a random mirror, a random shift, optional mixup."""
+def _train_dataset(views: Sequence[np.ndarray], labels: np.ndarray, classes: int, settings: PartialSettings,
+                   sample_weights: np.ndarray | None):
+    """Batches of augmented maps: a random view (the image, its mirror, zoomed views), a random shift, optional mixup.
+
+    `views` are row-aligned arrays of the same maps' shape, one per cached variant.
+    """
     import tensorflow as tf
 
-    height, width = orig.shape[1:3]
+    count = len(labels)
+    height, width = views[0].shape[1:3]
     targets = np.eye(classes, dtype=np.float32)[labels]
     smoothing = settings.label_smoothing
     targets = targets * (1.0 - smoothing) + smoothing / classes
-    weights = np.ones(len(labels), np.float32) if sample_weights is None else sample_weights.astype(np.float32)
+    weights = np.ones(count, np.float32) if sample_weights is None else sample_weights.astype(np.float32)
     shift = settings.shift
-
-    def pick(index):
-        if flip is None:
-            return tf.gather(orig_t, index)
-        use_flip = tf.random.uniform((), 0, 1) < 0.5
-        return tf.cond(use_flip, lambda: tf.gather(flip_t, index), lambda: tf.gather(orig_t, index))
-
-    orig_t = tf.constant(orig)
-    flip_t = tf.constant(flip) if flip is not None else None
+    # All views in one tensor: row v * count + i is view v of example i.
+    maps_t = tf.constant(np.concatenate(views) if len(views) > 1 else views[0])
 
     def augment(index):
-        maps = tf.cast(pick(index), tf.float32)
+        view = tf.random.uniform((), 0, len(views), dtype=tf.int64)
+        maps = tf.cast(tf.gather(maps_t, view * count + index), tf.float32)
         if shift:
             padded = tf.pad(maps, [[shift, shift], [shift, shift], [0, 0]], mode="SYMMETRIC")
             dy = tf.random.uniform((), 0, 2 * shift + 1, dtype=tf.int32)
@@ -208,7 +207,7 @@ def _train_dataset(orig: np.ndarray, flip: np.ndarray | None, labels: np.ndarray
         return maps, tf.gather(targets_t, index), tf.gather(weights_t, index)
 
     targets_t, weights_t = tf.constant(targets), tf.constant(weights)
-    data = (tf.data.Dataset.range(len(labels))
+    data = (tf.data.Dataset.range(count)
             .shuffle(len(labels), seed=settings.seed, reshuffle_each_iteration=True)
             .map(augment)
             .batch(settings.batch_size))
@@ -234,7 +233,8 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
                       callbacks: Sequence = ()) -> PartialResult:
     """Fine-tune `upper` (the base from `settings.train_from` up, see `activation_model`) and `head`.
 
-    `maps` holds every image's cached activations per variant ("orig", "flip"), row-aligned
+    `maps` holds every image's cached activations per variant ("orig", "flip", and any zoomed
+    views: training picks one of them at random, validation uses "orig" and "flip"), row-aligned
     with `labels`; `train_rows` and `val_rows` index them. `upper` and `head` are updated in
     place; when the best epoch does not beat `frozen_val_acc` they are restored and `improved`
     is False.
@@ -244,7 +244,7 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
     timings: dict[str, float] = {}
     history = {} if history is None else history
     orig, flip = maps["orig"], maps["flip"]
-    train_orig, train_flip = orig[train_rows], flip[train_rows]
+    views = [maps[variant][train_rows] for variant in maps]  # every cached view trains
     val_orig, val_flip = orig[val_rows], flip[val_rows]
     train_y, val_y = labels[train_rows], labels[val_rows]
     initial_weights = [layer.get_weights() for layer in upper.layers], head.get_weights()
@@ -256,7 +256,7 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
         per_class = class_weights(train_y, classes)
         sample_weights = np.array([per_class[index] for index in range(classes)])[train_y]
     # The map augmentation draws from TensorFlow's unseeded stateful ops: not bit-for-bit repeatable.
-    data = _train_dataset(train_orig, train_flip, train_y, classes, settings, sample_weights)
+    data = _train_dataset(views, train_y, classes, settings, sample_weights)
     steps = int(np.ceil(len(train_y) / settings.batch_size))
     warmup = min(steps, steps * settings.epochs // 2)
     schedule = keras.optimizers.schedules.CosineDecay(

@@ -99,6 +99,7 @@ class TrainConfig:
     partial_learning_rate: float = 5e-4  # peak Adam learning rate of partial fine-tuning (one warm-up epoch); 5e-4 beat 1e-4 on val
     partial_shift: int = 1  # augmentation: random shift of the cached maps by up to this many cells
     partial_mixup: float = 0.0  # augmentation: mixup Beta(a, a) on the cached maps (0 = off)
+    partial_zoom: float = 0.0  # augmentation: also cache the maps of each image's centred crop keeping this share of each side (and its mirror), a view training picks at random (0 = off)
     fine_tune_layers: int = 0  # unfreeze this many top layers of the base for phase 2 (0 = no phase 2)
     fine_tune_epochs: int = 6  # most phase-2 epochs
     fine_tune_learning_rate: float = 1e-4  # Adam learning rate of phase 2 (low, to keep pretrained features)
@@ -120,6 +121,8 @@ class TrainConfig:
             (0.0 < self.val_ratio < 1.0, "val_ratio must be between 0 and 1 (exclusive)", self.val_ratio),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)", self.dropout),
             (0.0 <= self.target_accuracy <= 1.0, "target_accuracy must be in [0, 1] (0 = off)", self.target_accuracy),
+            (self.partial_zoom == 0 or 0.5 <= self.partial_zoom <= 0.99, "partial_zoom must be 0 (off) or in "
+             "[0.5, 0.99]", self.partial_zoom),
             (self.partial_epochs >= 1 and self.partial_learning_rate > 0 and self.partial_shift >= 0
              and self.partial_mixup >= 0, "partial_epochs >= 1, partial_learning_rate > 0, partial_shift >= 0 "
              "and partial_mixup >= 0", (self.partial_epochs, self.partial_learning_rate, self.partial_shift,
@@ -309,7 +312,10 @@ def compute_features(examples: Examples, extractor: FeatureExtractor, config: Tr
                                                   config.input_size)
         cache_root = Path(config.cache_dir) / "activations" if config.cache_dir else default_activation_cache_dir()
         cache = ActivationCache(cache_root, config.backbone, config.input_size, extractor.weights_source, cut_name)
-        variants = ("orig", "flip")  # the map augmentation picks the mirror at random
+        from detcrop.classify.features import zoom_variants
+
+        # The map augmentation picks the mirror (and a zoomed view, when asked) at random.
+        variants = ("orig", "flip", *zoom_variants(config.partial_zoom))
     else:
         model, cache = extractor.model, extractor.cache
     feature_pass = None
@@ -334,7 +340,7 @@ def compute_features(examples: Examples, extractor: FeatureExtractor, config: Tr
         from detcrop.classify.partial_finetune import pooled_features
 
         maps = features
-        features = {variant: pooled_features(upper, maps[variant]) for variant in variants}
+        features = {variant: pooled_features(upper, maps[variant]) for variant in ("orig", "flip")}
     return examples, features, result.skipped, counts, maps
 
 

@@ -59,7 +59,7 @@ def test_activation_cache_is_keyed_by_cut_and_stores_float16(tmp_path):
 def partial_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("partial")
     dataset = make_dataset(tmp_path / "data", per_class=10)
-    config = quick_config(tmp_path, train_from="conv2", partial_epochs=3, partial_mixup=0.2, epochs=2)
+    config = quick_config(tmp_path, train_from="conv2", partial_epochs=3, partial_mixup=0.2, partial_zoom=0.8, epochs=2)
     return tmp_path, dataset, train(dataset, tmp_path / "run", config, progress=False)
 
 
@@ -69,8 +69,9 @@ def test_train_with_partial_fine_tuning_writes_a_consistent_bundle(partial_run):
     assert history["phase"].count("partial") == 3 and history["phase"][0] == "head"
     assert {"features", "partial_train"} <= set(result.timings)
     assert result.metrics["feature_cache"]["folder"].split("/")[-1].startswith("scratch-32px-conv2-")
-    cached = list((tmp_path / "cache" / "activations").glob("scratch-32px-conv2-*/*.flip.npy"))
-    assert len(cached) == 30  # every image's mirror, once
+    folder = next((tmp_path / "cache" / "activations").glob("scratch-32px-conv2-*"))
+    for suffix in ("flip", "zoom80", "zoom80-flip"):  # every image's mirror and zoomed views, once
+        assert len(list(folder.glob(f"*.{suffix}.npy"))) == 30, suffix
     # Whatever phase won, the saved model reproduces the reported val accuracy from raw pixels.
     bundle = load_bundle(tmp_path / "run")
     split = json.loads((tmp_path / "run" / "split.json").read_text())
@@ -100,8 +101,28 @@ def test_partial_fine_tuning_changes_the_base_only_when_it_wins(tmp_path):
     assert result.metrics["accuracy"] >= head_best - 1e-9 or partial_best > head_best
 
 
+def test_zoom_views_are_centred_crops_of_each_image():
+    from detcrop.classify.features import centre_crop, parse_variant, variant_features, zoom_variants
+
+    assert zoom_variants(0.8) == ("zoom80", "zoom80-flip") and zoom_variants(0.0) == ()
+    assert parse_variant("zoom80-flip") == (0.8, True) and parse_variant("orig") == (1.0, False)
+    for bad in ("zoom", "zoom100", "zoom80-flop", "mirror"):
+        with pytest.raises(ValueError, match="unknown feature variant"):
+            parse_variant(bad)
+    image = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
+    np.testing.assert_array_equal(centre_crop(image, 0.8), image[1:9, 2:18])
+
+    def identity(batch, training=False):
+        return batch
+
+    outputs = variant_features(identity, [image], 8, ("orig", "zoom80", "zoom80-flip"))
+    np.testing.assert_allclose(outputs["zoom80-flip"], outputs["zoom80"][:, :, ::-1, :])
+    assert not np.allclose(outputs["zoom80"], outputs["orig"])
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"train_from": "conv2", "fine_tune_layers": 3}, "choose one"),
+    ({"partial_zoom": 0.3}, "partial_zoom must be 0"),
     ({"partial_epochs": 0}, "partial_epochs >= 1"),
     ({"partial_mixup": -1.0}, "partial_mixup >= 0"),
 ])
