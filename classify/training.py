@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -108,6 +108,7 @@ class TrainConfig:
     runtime: str = "auto"  # feature pass runtime: "auto" (ONNX Runtime where installed, else TensorFlow), "onnx" or "tensorflow"; same cache
     mistakes: int = 16  # worst mistakes shown in mistakes.png
     target_accuracy: float = 0.0  # > 0: the unknown threshold keeps this accuracy on the val split (answering less); 0 = keep 95% of correct answers
+    ensemble: str = ""  # more models trained on the same split and averaged: comma-separated backbone or backbone@size (e.g. efficientnet-lite0@224); "" = one model
 
     def __post_init__(self) -> None:
         checks = (
@@ -851,7 +852,8 @@ def choose_threshold(config: TrainConfig, probabilities: np.ndarray, val_y: np.n
 
 
 def save_run_bundle(run_dir: Path, dataset_dir: Path, model, config: TrainConfig, class_names: list[str],
-                    weights_source: str, metrics: dict, unknown_threshold: float) -> None:
+                    weights_source: str, metrics: dict, unknown_threshold: float, input_size: int | None = None,
+                    backbone: str | None = None) -> None:
     """Step 6: model.keras + bundle.json, with the dataset's crop settings so predict crops alike."""
     import keras
 
@@ -859,8 +861,8 @@ def save_run_bundle(run_dir: Path, dataset_dir: Path, model, config: TrainConfig
 
     metadata = {
         "class_names": class_names,
-        "input_size": config.input_size,
-        "backbone": config.backbone,
+        "input_size": input_size or config.input_size,  # an ensemble's: its largest member's
+        "backbone": backbone or config.backbone,  # an ensemble's: its members' joined by "+"
         "weights_source": weights_source,
         "metrics": {key: metrics[key] for key in ("accuracy", "macro_f1", "weighted_f1", "samples")},
         "config": config_to_dict(config),
@@ -877,6 +879,119 @@ def save_run_bundle(run_dir: Path, dataset_dir: Path, model, config: TrainConfig
         except (OSError, json.JSONDecodeError) as error:
             logger.warning("%s: unreadable crop config, not copied into the bundle (%s)", crop_config_path, error)
     save_bundle(run_dir, model, metadata)
+
+
+@dataclass
+class Member:
+    """One trained model of a run (the run's only one, or one member of its ensemble)."""
+
+    backbone: str
+    input_size: int
+    weights_source: str
+    model: Any  # keras.Model: pixels 0..255 (any size) -> probabilities
+    examples: Examples  # the examples that had features (row-aligned with the probabilities' val rows)
+    probabilities: np.ndarray  # on examples.val, flip-TTA averaged when asked
+    val_images: list | None  # the val originals when fine-tuning loaded them
+    skipped: list[tuple[str, str]]
+    cache_counts: dict
+    split: dict  # {"train": [paths], "val": [paths]}
+
+
+def member_configs(config: TrainConfig) -> list[TrainConfig]:
+    """The config of each model `train` fits: `config` itself, then one per `config.ensemble` entry.
+
+    An entry is ``backbone`` or ``backbone@size`` (default: `config.input_size`); a member starts
+    from its backbone's default weights and otherwise trains like the first.
+    """
+    from detcrop.classify.backbones import get_backbone
+
+    configs = [config]
+    for entry in filter(None, (part.strip() for part in config.ensemble.split(","))):
+        backbone, _, size = entry.partition("@")
+        get_backbone(backbone)  # an unknown name raises, naming the known ones
+        if size and not size.isdigit():
+            raise ConfigError(f"ensemble member {entry!r}: expected backbone or backbone@SIZE (SIZE in pixels)")
+        input_size = int(size) if size else config.input_size
+        configs.append(replace(config, backbone=backbone, input_size=input_size, ensemble="",
+                                           weights=""))
+    return configs
+
+
+def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir: Path, history: dict[str, list],
+                  timings: dict[str, float], callbacks: Sequence, progress: bool, ray: RaySettings | None) -> Member:
+    """Steps 2-4 for one model: features, head, fine-tuning; its val probabilities."""
+    tick = time.perf_counter()
+    extractor = build_extractor(config)
+    examples, features, skipped, cache_counts, maps = compute_features(examples, extractor, config, progress, ray)
+    timings["features"] = time.perf_counter() - tick
+    split = {"train": [str(examples.paths[row]) for row in examples.train],
+             "val": [str(examples.paths[row]) for row in examples.val]}
+    atomic_write_json(run_dir / SPLIT_NAME, split)
+
+    tick = time.perf_counter()
+    head = fit_head(config, examples, features, classes, run_dir, history, callbacks)
+    timings["head"] = time.perf_counter() - tick
+
+    val_images = None
+    partial = None
+    if resolve_train_from(config):
+        tick = time.perf_counter()
+        partial = _partial_fine_tune(config, extractor, head, examples, features, maps, classes, run_dir, history,
+                                     callbacks)
+        del maps
+        timings.update({f"partial_{key}": value for key, value in partial.timings.items()})
+        timings["partial_fine_tune"] = time.perf_counter() - tick
+    if partial is not None and partial.improved:
+        model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
+    elif config.fine_tune_layers > 0:
+        tick = time.perf_counter()
+        # The val originals are loaded once: fine-tuning validates on them, the reports show them.
+        val_images, kept, unreadable = load_images([examples.paths[row] for row in examples.val])
+        if unreadable:  # changed since their features were computed
+            skipped += unreadable
+            gone = set(examples.val.tolist()) - set(examples.val[kept].tolist())
+            rows = [row for row in range(len(examples.paths)) if row not in gone]
+            examples, features = examples.keep(rows), {key: value[rows] for key, value in features.items()}
+        phase1_accuracy = head_val_accuracy(head, examples, features)
+        model, unreadable = fine_tune(config, extractor, head, examples, val_images, phase1_accuracy, classes,
+                                      run_dir, history, callbacks, progress)
+        skipped += unreadable
+        timings["fine_tune"] = time.perf_counter() - tick
+    else:
+        model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
+
+    if partial is not None and partial.improved:
+        probabilities = partial.val_probabilities  # the composed model's, from the cached val activations
+    else:
+        probabilities = predict_val(config, model, head, examples, features, val_images)
+    return Member(config.backbone, config.input_size, extractor.weights_source, model, examples, probabilities,
+                  val_images, skipped, cache_counts, split)
+
+
+def _combine_members(members: list[Member]):
+    """(examples, model, val probabilities, val images) of the run: the one member, or their average.
+
+    An ensemble's model averages its members' probabilities (`keras.layers.Average`); each member
+    resizes the image to its own input size inside its graph. Its val probabilities are the
+    average of the members' on the same val images.
+    """
+    import keras
+
+    first = members[0]
+    if len(members) == 1:
+        return first.examples, first.model, first.probabilities, first.val_images
+    for member in members[1:]:
+        if member.split != first.split:  # a file became unreadable between the members' passes
+            raise TrainingError(f"ensemble member {member.backbone}@{member.input_size} saw other images than "
+                                f"{first.backbone}@{first.input_size}; did the dataset change while training?")
+    inputs = keras.Input((None, None, 3), name="pixels")
+    outputs = []
+    for index, member in enumerate(members):
+        member.model.name = f"member{index}"  # nested models need distinct names
+        outputs.append(member.model(inputs))
+    model = keras.Model(inputs, keras.layers.Average(name="ensemble")(outputs), name="classifier")
+    probabilities = np.mean([member.probabilities for member in members], axis=0)
+    return first.examples, model, probabilities, first.val_images
 
 
 def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig = TrainConfig(),
@@ -906,58 +1021,30 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     check_output_path(run_dir, "--out", protected=[("the dataset", dataset_dir)], kind="folder")
     if config.cache_dir:
         check_output_path(config.cache_dir, "--cache-dir", protected=[("the dataset", dataset_dir)], kind="folder")
+    configs = member_configs(config)  # a bad ensemble entry is refused before any work
     with folder_lock(run_dir, "train"):  # a second train into this run exits naming the first
         mark_incomplete(run_dir)  # first: an old bundle is never served under the new config.json
         atomic_write_json(run_dir / CONFIG_NAME, config_to_dict(config))
 
         examples, class_names, skipped = split_examples(dataset_dir, config)
-
-        tick = time.perf_counter()
-        extractor = build_extractor(config)
-        examples, features, unreadable, cache_counts, maps = compute_features(examples, extractor, config,
-                                                                                 progress, ray)
-        skipped += unreadable
-        timings["features"] = time.perf_counter() - tick
-        atomic_write_json(run_dir / SPLIT_NAME, {"train": [str(examples.paths[row]) for row in examples.train],
-                                                 "val": [str(examples.paths[row]) for row in examples.val]})
-
         history: dict[str, list] = {}
-        tick = time.perf_counter()
-        head = fit_head(config, examples, features, len(class_names), run_dir, history, callbacks)
-        timings["head"] = time.perf_counter() - tick
-
-        val_images = None
-        partial = None
-        if resolve_train_from(config):
-            tick = time.perf_counter()
-            partial = _partial_fine_tune(config, extractor, head, examples, features, maps, len(class_names),
-                                         run_dir, history, callbacks)
-            del maps
-            timings.update({f"partial_{key}": value for key, value in partial.timings.items()})
-            timings["partial_fine_tune"] = time.perf_counter() - tick
-        if partial is not None and partial.improved:
-            model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
-        elif config.fine_tune_layers > 0:
-            tick = time.perf_counter()
-            # The val originals are loaded once: fine-tuning validates on them, the reports show them.
-            val_images, kept, unreadable = load_images([examples.paths[row] for row in examples.val])
-            if unreadable:  # changed since their features were computed
-                skipped += unreadable
-                gone = set(examples.val.tolist()) - set(examples.val[kept].tolist())
-                rows = [row for row in range(len(examples.paths)) if row not in gone]
-                examples, features = examples.keep(rows), {key: value[rows] for key, value in features.items()}
-            phase1_accuracy = head_val_accuracy(head, examples, features)
-            model, unreadable = fine_tune(config, extractor, head, examples, val_images, phase1_accuracy,
-                                          len(class_names), run_dir, history, callbacks, progress)
-            skipped += unreadable
-            timings["fine_tune"] = time.perf_counter() - tick
-        else:
-            model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
-
-        if partial is not None and partial.improved:
-            probabilities = partial.val_probabilities  # the composed model's, from the cached val activations
-        else:
-            probabilities = predict_val(config, model, head, examples, features, val_images)
+        members = []
+        for index, member_config in enumerate(configs):
+            # Members after the first keep their own history and timings, merged under their name.
+            tag = "" if index == 0 else f"{member_config.backbone}@{member_config.input_size} "
+            member_history = history if index == 0 else {}
+            member_timings: dict[str, float] = {}
+            member = _train_member(member_config, examples, len(class_names), run_dir, member_history,
+                                   member_timings, callbacks, progress, ray)
+            members.append(member)
+            skipped += [item for item in member.skipped if item not in skipped]
+            timings.update({tag + key: value for key, value in member_timings.items()})
+            if index:
+                for key, values in member_history.items():
+                    history.setdefault(key, []).extend(
+                        [tag + value for value in values] if key == "phase" else values)
+                atomic_write_json(run_dir / HISTORY_NAME, history)
+        examples, model, probabilities, val_images = _combine_members(members)
         unknown_threshold, threshold_rule = choose_threshold(config, probabilities, examples.labels[examples.val])
         coverage_rows, coverage_paths = write_coverage_report(run_dir, probabilities, examples.labels[examples.val],
                                                               unknown_threshold)
@@ -966,11 +1053,16 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
             run_dir, config, examples, class_names, probabilities, history, val_images, {
                 "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
                 "timings_s": {key: round(value, 2) for key, value in timings.items()},
-                "feature_cache": cache_counts, "coverage": coverage_rows, "unknown_threshold": unknown_threshold,
+                "feature_cache": members[0].cache_counts, "coverage": coverage_rows,
+                "unknown_threshold": unknown_threshold,
                 "unknown_threshold_rule": threshold_rule,
             })
         report_paths |= coverage_paths
-        save_run_bundle(run_dir, dataset_dir, model, config, class_names, extractor.weights_source, metrics,
-                        unknown_threshold)
+        if len(members) > 1:
+            (run_dir / SPLIT_NAME).write_text(json.dumps(members[0].split, indent=2), encoding="utf-8")
+        save_run_bundle(run_dir, dataset_dir, model, config, class_names,
+                        " + ".join(member.weights_source for member in members), metrics, unknown_threshold,
+                        input_size=max(member.input_size for member in members),
+                        backbone="+".join(member.backbone for member in members))
         mark_complete(run_dir)
         return TrainResult(run_dir, metrics_with_context, history, skipped, timings, report_paths)

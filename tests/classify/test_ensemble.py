@@ -1,0 +1,52 @@
+"""`train` with `ensemble`: more models on the same split, one bundle averaging them (scratch at small sizes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("keras")
+
+from detcrop.classify.bundle import load_bundle, resize_images  # noqa: E402
+from detcrop.classify.training import member_configs, train  # noqa: E402
+from detcrop.data.config import ConfigError  # noqa: E402
+from detcrop.data.images import load_image_array  # noqa: E402
+
+from test_classify_training import make_dataset, quick_config  # noqa: E402
+
+
+def test_an_ensemble_bundle_averages_its_members_and_reproduces_its_val_metrics(tmp_path):
+    dataset = make_dataset(tmp_path / "data", per_class=8)
+    config = quick_config(tmp_path, ensemble="scratch@24", epochs=3)
+    result = train(dataset, tmp_path / "run", config, progress=False)
+
+    bundle = load_bundle(tmp_path / "run")
+    assert bundle.metadata.backbone == "scratch+scratch" and bundle.input_size == 32
+    members = [layer for layer in bundle.model.layers if layer.name.startswith("member")]
+    assert [layer.name for layer in members] == ["member0", "member1"]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert "head" in history["phase"] and "scratch@24 head" in history["phase"]
+    assert {"features", "scratch@24 features"} <= set(result.timings)
+
+    # The bundle's probabilities are the mean of its members' (each resizes to its own size), and
+    # the saved model reproduces the reported val accuracy from raw pixels.
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    images = [load_image_array(path) for path in split["val"]]
+    probabilities = bundle.predict(images, tta_flip=False)
+    batch = resize_images(images, 32)  # what Bundle.predict hands the model
+    expected = np.mean([np.asarray(member(batch, training=False)) for member in members], axis=0)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    labels = np.array([bundle.class_names.index(path.split("/")[-2]) for path in split["val"]])
+    assert float((bundle.predict(images).argmax(1) == labels).mean()) == pytest.approx(result.metrics["accuracy"])
+
+
+def test_ensemble_entries_are_checked_before_any_work(tmp_path):
+    configs = member_configs(quick_config(tmp_path, ensemble="scratch, scratch@48"))
+    assert [(item.backbone, item.input_size, item.ensemble) for item in configs] == \
+        [("scratch", 32, "scratch, scratch@48"), ("scratch", 32, ""), ("scratch", 48, "")]
+    for entry, message in (("efficientnet-lite9", "unknown backbone"), ("scratch@big", "backbone@SIZE")):
+        with pytest.raises(ConfigError, match=message):
+            train(tmp_path / "missing", tmp_path / "run", quick_config(tmp_path, ensemble=entry), progress=False)
+    assert not (tmp_path / "run").exists()
