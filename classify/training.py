@@ -108,7 +108,7 @@ class TrainConfig:
     runtime: str = "auto"  # feature pass runtime: "auto" (ONNX Runtime where installed, else TensorFlow), "onnx" or "tensorflow"; same cache
     mistakes: int = 16  # worst mistakes shown in mistakes.png
     target_accuracy: float = 0.0  # > 0: the unknown threshold keeps this accuracy on the val split (answering less); 0 = keep 95% of correct answers
-    ensemble: str = ""  # more models trained on the same split and averaged: comma-separated backbone or backbone@size (e.g. efficientnet-lite0@224); "" = one model
+    ensemble: str = ""  # more models trained like the first on the same split and averaged: comma-separated backbone names (e.g. efficientnet-lite0); "" = one model
 
     def __post_init__(self) -> None:
         checks = (
@@ -852,7 +852,7 @@ def choose_threshold(config: TrainConfig, probabilities: np.ndarray, val_y: np.n
 
 
 def save_run_bundle(run_dir: Path, dataset_dir: Path, model, config: TrainConfig, class_names: list[str],
-                    weights_source: str, metrics: dict, unknown_threshold: float, input_size: int | None = None,
+                    weights_source: str, metrics: dict, unknown_threshold: float,
                     backbone: str | None = None) -> None:
     """Step 6: model.keras + bundle.json, with the dataset's crop settings so predict crops alike."""
     import keras
@@ -861,7 +861,7 @@ def save_run_bundle(run_dir: Path, dataset_dir: Path, model, config: TrainConfig
 
     metadata = {
         "class_names": class_names,
-        "input_size": input_size or config.input_size,  # an ensemble's: its largest member's
+        "input_size": config.input_size,
         "backbone": backbone or config.backbone,  # an ensemble's: its members' joined by "+"
         "weights_source": weights_source,
         "metrics": {key: metrics[key] for key in ("accuracy", "macro_f1", "weighted_f1", "samples")},
@@ -898,22 +898,18 @@ class Member:
 
 
 def member_configs(config: TrainConfig) -> list[TrainConfig]:
-    """The config of each model `train` fits: `config` itself, then one per `config.ensemble` entry.
+    """The config of each model `train` fits: `config` itself, then one per `config.ensemble` backbone.
 
-    An entry is ``backbone`` or ``backbone@size`` (default: `config.input_size`); a member starts
-    from its backbone's default weights and otherwise trains like the first.
+    A member trains like the first on the same split and input size, from its backbone's
+    default weights, with seed ``config.seed + its position`` (another head initialisation and
+    shuffle, so two members of one backbone differ too).
     """
     from detcrop.classify.backbones import get_backbone
 
     configs = [config]
-    for entry in filter(None, (part.strip() for part in config.ensemble.split(","))):
-        backbone, _, size = entry.partition("@")
+    for backbone in filter(None, (part.strip() for part in config.ensemble.split(","))):
         get_backbone(backbone)  # an unknown name raises, naming the known ones
-        if size and not size.isdigit():
-            raise ConfigError(f"ensemble member {entry!r}: expected backbone or backbone@SIZE (SIZE in pixels)")
-        input_size = int(size) if size else config.input_size
-        configs.append(replace(config, backbone=backbone, input_size=input_size, ensemble="",
-                                           weights=""))
+        configs.append(replace(config, backbone=backbone, ensemble="", weights="", seed=config.seed + len(configs)))
     return configs
 
 
@@ -971,9 +967,9 @@ def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir
 def _combine_members(members: list[Member]):
     """(examples, model, val probabilities, val images) of the run: the one member, or their average.
 
-    An ensemble's model averages its members' probabilities (`keras.layers.Average`); each member
-    resizes the image to its own input size inside its graph. Its val probabilities are the
-    average of the members' on the same val images.
+    An ensemble's model resizes the image once, then averages its members' probabilities
+    (`keras.layers.Average`). Its val probabilities are the average of the members' on the
+    same val images.
     """
     import keras
 
@@ -982,13 +978,18 @@ def _combine_members(members: list[Member]):
         return first.examples, first.model, first.probabilities, first.val_images
     for member in members[1:]:
         if member.split != first.split:  # a file became unreadable between the members' passes
-            raise TrainingError(f"ensemble member {member.backbone}@{member.input_size} saw other images than "
-                                f"{first.backbone}@{first.input_size}; did the dataset change while training?")
+            raise TrainingError(f"ensemble member {member.backbone} saw other images than {first.backbone}; "
+                                "did the dataset change while training?")
+    from detcrop.classify.bundle import RESIZE_LAYER_NAME, resize_layer
+
+    # Like every bundle model, it starts with its one resize (export cuts the graph there and
+    # ONNX has no antialiased resize): the members share it and run from just after their own.
     inputs = keras.Input((None, None, 3), name="pixels")
+    resized = resize_layer(first.input_size)(inputs)
     outputs = []
     for index, member in enumerate(members):
-        member.model.name = f"member{index}"  # nested models need distinct names
-        outputs.append(member.model(inputs))
+        body = keras.Model(member.model.get_layer(RESIZE_LAYER_NAME).output, member.model.output, name=f"member{index}")
+        outputs.append(body(resized))
     model = keras.Model(inputs, keras.layers.Average(name="ensemble")(outputs), name="classifier")
     probabilities = np.mean([member.probabilities for member in members], axis=0)
     return first.examples, model, probabilities, first.val_images
@@ -1031,7 +1032,7 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
         members = []
         for index, member_config in enumerate(configs):
             # Members after the first keep their own history and timings, merged under their name.
-            tag = "" if index == 0 else f"{member_config.backbone}@{member_config.input_size} "
+            tag = "" if index == 0 else f"member{index} "
             member_history = history if index == 0 else {}
             member_timings: dict[str, float] = {}
             member = _train_member(member_config, examples, len(class_names), run_dir, member_history,
@@ -1062,7 +1063,6 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
             (run_dir / SPLIT_NAME).write_text(json.dumps(members[0].split, indent=2), encoding="utf-8")
         save_run_bundle(run_dir, dataset_dir, model, config, class_names,
                         " + ".join(member.weights_source for member in members), metrics, unknown_threshold,
-                        input_size=max(member.input_size for member in members),
                         backbone="+".join(member.backbone for member in members))
         mark_complete(run_dir)
         return TrainResult(run_dir, metrics_with_context, history, skipped, timings, report_paths)

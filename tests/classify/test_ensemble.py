@@ -19,23 +19,23 @@ from test_classify_training import make_dataset, quick_config  # noqa: E402
 
 def test_an_ensemble_bundle_averages_its_members_and_reproduces_its_val_metrics(tmp_path):
     dataset = make_dataset(tmp_path / "data", per_class=8)
-    config = quick_config(tmp_path, ensemble="scratch@24", epochs=3)
+    config = quick_config(tmp_path, input_size=40, ensemble="scratch", epochs=3)
     result = train(dataset, tmp_path / "run", config, progress=False)
 
     bundle = load_bundle(tmp_path / "run")
-    assert bundle.metadata.backbone == "scratch+scratch" and bundle.input_size == 32
+    assert bundle.metadata.backbone == "scratch+scratch" and bundle.input_size == 40
     members = [layer for layer in bundle.model.layers if layer.name.startswith("member")]
     assert [layer.name for layer in members] == ["member0", "member1"]
     history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert "head" in history["phase"] and "scratch@24 head" in history["phase"]
-    assert {"features", "scratch@24 features"} <= set(result.timings)
+    assert "head" in history["phase"] and "member1 head" in history["phase"]
+    assert {"features", "member1 features"} <= set(result.timings)
 
-    # The bundle's probabilities are the mean of its members' (each resizes to its own size), and
-    # the saved model reproduces the reported val accuracy from raw pixels.
+    # The bundle's probabilities are the mean of its members' (two scratch bases: seeds 0 and 1),
+    # and the saved model reproduces the reported val accuracy from raw pixels.
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     images = [load_image_array(path) for path in split["val"]]
     probabilities = bundle.predict(images, tta_flip=False)
-    batch = resize_images(images, 32)  # what Bundle.predict hands the model
+    batch = resize_images(images, 40)  # what Bundle.predict hands the model
     expected = np.mean([np.asarray(member(batch, training=False)) for member in members], axis=0)
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     labels = np.array([bundle.class_names.index(path.split("/")[-2]) for path in split["val"]])
@@ -43,10 +43,25 @@ def test_an_ensemble_bundle_averages_its_members_and_reproduces_its_val_metrics(
 
 
 def test_ensemble_entries_are_checked_before_any_work(tmp_path):
-    configs = member_configs(quick_config(tmp_path, ensemble="scratch, scratch@48"))
-    assert [(item.backbone, item.input_size, item.ensemble) for item in configs] == \
-        [("scratch", 32, "scratch, scratch@48"), ("scratch", 32, ""), ("scratch", 48, "")]
-    for entry, message in (("efficientnet-lite9", "unknown backbone"), ("scratch@big", "backbone@SIZE")):
+    configs = member_configs(quick_config(tmp_path, ensemble="scratch, efficientnet-lite0", seed=3))
+    assert [(item.backbone, item.input_size, item.seed, item.ensemble) for item in configs] == \
+        [("scratch", 32, 3, "scratch, efficientnet-lite0"), ("scratch", 32, 4, ""), ("efficientnet-lite0", 32, 5, "")]
+    for entry, message in (("efficientnet-lite9", "unknown backbone"), ("scratch@48", "unknown backbone")):
         with pytest.raises(ConfigError, match=message):
             train(tmp_path / "missing", tmp_path / "run", quick_config(tmp_path, ensemble=entry), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_ensemble_bundle_runs_in_onnx_runtime_too(tmp_path):
+    """`predict` runs bundles in ONNX Runtime when it is installed: the averaged graph must convert."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    from detcrop.classify.onnx_runtime import onnx_bundle
+
+    dataset = make_dataset(tmp_path / "data", per_class=6)
+    train(dataset, tmp_path / "run", quick_config(tmp_path, input_size=40, ensemble="scratch", epochs=1),
+          progress=False)
+    bundle = load_bundle(tmp_path / "run")
+    images = [load_image_array(path) for path in sorted((dataset / "red").iterdir())]
+    converted = onnx_bundle(bundle, tmp_path / "run", cache_root=tmp_path / "onnx")
+    np.testing.assert_allclose(converted.predict(images), bundle.predict(images), atol=1e-4)
