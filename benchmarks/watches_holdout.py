@@ -12,6 +12,9 @@ detect, crop as in training, classify; a photo with no detection scored whole, a
     .venv/bin/python benchmarks/watches_holdout.py --crops /tmp/wb/crops --out /tmp/ho -- --preset best
     .venv/bin/python benchmarks/watches_holdout.py --crops /tmp/wb/crops --out /tmp/ho -- --train-from block6a
 
+`--views whole` trains on the whole training photos instead of their crops and scores the
+held-back photos whole (no detector), the same split either way.
+
 Anything after `--` goes to `detcrop train` as its flags. Per photo, the answer is what
 `predict --which-class` prints: the label of its most confident object, `unknown` under the
 run's threshold. Accuracy and macro F1 (over the 13 brands) count `unknown` and photos with no
@@ -33,6 +36,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,14 +83,15 @@ class CachedDetector:
         return found
 
 
-def score_held_back(run_dir: Path, samples, cache_root: Path) -> dict:
+def score_held_back(run_dir: Path, samples, cache_root: Path, detect: bool = True) -> dict:
     """Predict every held-back photo with `predict`'s scorer; accuracy and macro F1 per photo."""
     from sklearn.metrics import accuracy_score, f1_score
 
     from detcrop.pipeline.scoring import UNKNOWN, Scorer
 
-    scorer = Scorer.load(run_dir)
-    scorer.detector = CachedDetector(scorer.detector, cache_root)
+    scorer = Scorer.load(run_dir, detect=detect)
+    if detect:
+        scorer.detector = CachedDetector(scorer.detector, cache_root)
     truth, answers, top_classes = [], [], []
     errors = no_answer = whole = 0
     started = time.perf_counter()
@@ -128,6 +133,8 @@ def main() -> int:
     parser.add_argument("--holdout", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default="", help="name of this row in the results file")
+    parser.add_argument("--views", choices=("crops", "whole"), default="crops",
+                        help="train on the detector crops (default) or on the whole photos (scored whole: no detector)")
     args, train_flags = parser.parse_known_args()
     train_flags = [flag for flag in train_flags if flag != "--"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -135,7 +142,7 @@ def main() -> int:
     from detcrop.classify.training import train
     from detcrop.data.folders import scan_class_folders
     from detcrop.data.images import file_sha256
-    from detcrop.data.manifest import MANIFEST_NAME, read_manifest
+    from detcrop.data.manifest import MANIFEST_NAME, CropRecord, read_manifest
     from detcrop.data.splits import split_class_folders
     from detcrop.pipeline.cli import build_parser
     from detcrop.pipeline.commands.train import _overrides
@@ -150,8 +157,15 @@ def main() -> int:
     crops_root = Path(args.crops)
     records = [record for record in read_manifest(crops_root / MANIFEST_NAME) if record.path]
     chosen = [r for r in records if r.source_sha256 not in held_back]
+    if args.views == "whole":  # each training photo once, as its own "crop"
+        chosen = [CropRecord(source_path=str(sample.path), source_sha256=file_sha256(sample.path), status="cropped",
+                             label=photos.class_names[sample.label_index], path=str(Path(sample.path).resolve()))
+                  for sample in (photos.samples[index] for index in split.train)]
     _link_tree([crops_root / r.path for r in chosen], [r.label for r in chosen], out / "train")
-    shutil.copy(crops_root / "crop_config.json", out / "train" / "crop_config.json")
+    if args.views == "whole":  # the manifest names the links, relative to the training folder
+        chosen = [replace(r, path=f"{r.label}/{Path(r.path).name}") for r in chosen]
+    if args.views == "crops":
+        shutil.copy(crops_root / "crop_config.json", out / "train" / "crop_config.json")
     # Keep the crop-to-photo links so `train` groups its own val split by source photo.
     (out / "train" / MANIFEST_NAME).write_text("".join(r.to_json() + "\n" for r in chosen), encoding="utf-8")
 
@@ -161,8 +175,9 @@ def main() -> int:
     result = train(out / "train", out / "run", config, progress=False)
     train_wall, train_cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "detcrop" / "detections"
-    test = score_held_back(out / "run", [photos.samples[index] for index in split.val], cache_root)
-    row = {"label": args.label or " ".join(train_flags) or "(defaults)", "flags": train_flags,
+    test = score_held_back(out / "run", [photos.samples[index] for index in split.val], cache_root,
+                           detect=args.views == "crops")
+    row = {"label": args.label or " ".join(train_flags) or "(defaults)", "flags": train_flags, "views": args.views,
            "preset": train_args.preset, "backbone": config.backbone, "input_size": config.input_size,
            "train_from": resolve_train_from(config),
            "val_accuracy": result.metrics["accuracy"], "val_macro_f1": result.metrics["macro_f1"],
