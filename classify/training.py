@@ -108,7 +108,7 @@ class TrainConfig:
     runtime: str = "auto"  # feature pass runtime: "auto" (ONNX Runtime where installed, else TensorFlow), "onnx" or "tensorflow"; same cache
     mistakes: int = 16  # worst mistakes shown in mistakes.png
     target_accuracy: float = 0.0  # > 0: the unknown threshold keeps this accuracy on the val split (answering less); 0 = keep 95% of correct answers
-    ensemble: str = ""  # more models trained like the first on the same split and averaged: comma-separated backbone names (e.g. efficientnet-lite0); "" = one model
+    ensemble: str = "auto"  # more models trained like the first on the same split and averaged: comma-separated backbone names (e.g. efficientnet-lite1); "auto" = the backbone's measured companions (efficientnet-lite1 for efficientnet-lite0, none for others), "" = one model
 
     def __post_init__(self) -> None:
         checks = (
@@ -897,6 +897,19 @@ class Member:
     split: dict  # {"train": [paths], "val": [paths]}
 
 
+#: What `TrainConfig(ensemble="auto")` adds to each backbone (chosen on watches-brands' val split; README).
+DEFAULT_ENSEMBLES = {"efficientnet-lite0": "efficientnet-lite1"}
+
+
+def resolve_ensemble(config: TrainConfig) -> str:
+    """The backbones trained beside `config.backbone`: `config.ensemble`, or for "auto" the backbone's own."""
+    if config.ensemble != "auto":
+        return config.ensemble
+    if config.fine_tune_layers:
+        return ""  # full fine-tuning was asked for: one model
+    return DEFAULT_ENSEMBLES.get(config.backbone, "")
+
+
 def member_configs(config: TrainConfig) -> list[TrainConfig]:
     """The config of each model `train` fits: `config` itself, then one per `config.ensemble` backbone.
 
@@ -907,7 +920,7 @@ def member_configs(config: TrainConfig) -> list[TrainConfig]:
     from detcrop.classify.backbones import get_backbone
 
     configs = [config]
-    for backbone in filter(None, (part.strip() for part in config.ensemble.split(","))):
+    for backbone in filter(None, (part.strip() for part in resolve_ensemble(config).split(","))):
         get_backbone(backbone)  # an unknown name raises, naming the known ones
         configs.append(replace(config, backbone=backbone, ensemble="", weights="", seed=config.seed + len(configs)))
     return configs

@@ -27,9 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: TrainConfig values the page uses beyond its four settings. For speed on a beginner's laptop:
 #: 224 px, no mirrored features (half the backbone passes), no
-#: fine-tuning phase (neither partial nor full: the CLI's default partial fine-tuning costs minutes).
+#: fine-tuning phase (neither partial nor full: the CLI's default partial fine-tuning costs minutes)
+#: and one model (the CLI's default trains a second one for its ensemble).
 UI_TRAIN_DEFAULTS = {"backbone": "efficientnet-lite0", "input_size": 224, "fine_tune_layers": 0, "train_from": "",
-                     "mistakes": 8, "flip_features": False, "tta_flip": False}
+                     "ensemble": "", "mistakes": 8, "flip_features": False, "tta_flip": False}
 
 STATES = ("idle", "training", "done", "failed", "cancelled")
 

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("keras")
 
 from detcrop.classify.bundle import load_bundle, resize_images  # noqa: E402
-from detcrop.classify.training import member_configs, train  # noqa: E402
+from detcrop.classify.training import member_configs, resolve_ensemble, train  # noqa: E402
 from detcrop.data.config import ConfigError  # noqa: E402
 from detcrop.data.images import load_image_array  # noqa: E402
 
@@ -40,6 +40,14 @@ def test_an_ensemble_bundle_averages_its_members_and_reproduces_its_val_metrics(
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     labels = np.array([bundle.class_names.index(path.split("/")[-2]) for path in split["val"]])
     assert float((bundle.predict(images).argmax(1) == labels).mean()) == pytest.approx(result.metrics["accuracy"])
+
+
+def test_auto_ensemble_is_the_backbones_measured_companion(tmp_path):
+    assert resolve_ensemble(quick_config(tmp_path, backbone="efficientnet-lite0", ensemble="auto")) == "efficientnet-lite1"
+    assert resolve_ensemble(quick_config(tmp_path, ensemble="auto")) == ""  # scratch: none measured
+    assert resolve_ensemble(quick_config(tmp_path, backbone="efficientnet-lite0", ensemble="auto",
+                                         train_from="", fine_tune_layers=10)) == ""  # full fine-tuning: one model
+    assert resolve_ensemble(quick_config(tmp_path, backbone="efficientnet-lite0", ensemble="")) == ""
 
 
 def test_ensemble_entries_are_checked_before_any_work(tmp_path):
