@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import pytest
@@ -12,7 +13,7 @@ from detcrop.classify.training import TrainConfig
 from detcrop.data.config import config_overrides, field_help
 from detcrop.data.validate import ValidationConfig
 from detcrop.detect.crop import CropConfig
-from detcrop.pipeline.cli import build_parser
+from detcrop.pipeline.cli import build_parser, main
 
 COMMAND_CONFIGS = {"train": TrainConfig, "baseline": BaselineConfig, "crop": CropConfig, "validate": ValidationConfig}
 POSITIONALS = {"train": ["data", "--out", "run"], "baseline": [], "crop": ["photos", "--out", "data"],
@@ -79,3 +80,15 @@ def test_ray_address_without_the_ray_engine_is_refused(command, tmp_path, capsys
     (tmp_path / "in").mkdir()
     assert main([command, str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--ray-address", "auto"]) == 2
     assert "--ray-address needs --engine ray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "1"), ("0", "0")])
+def test_the_cli_turns_onednn_on_unless_the_user_chose(monkeypatch, user_value, expected):
+    """TensorFlow reads TF_ENABLE_ONEDNN_OPTS at import: the CLI sets it first, without overriding a user's 0."""
+    if user_value is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", user_value)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == expected
