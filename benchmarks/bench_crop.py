@@ -22,9 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from detcrop.data.images import ImageError, is_image_path, load_image_array  # noqa: E402
 from detcrop.detect.base import load_detector  # noqa: E402
 from detcrop.detect.crop import CropConfig, crop_photos  # noqa: E402
+from photos import load_photos  # noqa: E402  (benchmarks/photos.py)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_FOLDERS = (SHARED / "clock-scenes", SHARED / "caltech-watch")
@@ -37,17 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=CropConfig.workers)
     args = parser.parse_args(argv)
-    photos = sorted(path for folder in args.folders for path in folder.rglob("*")
-                    if path.is_file() and is_image_path(path))
+    photos, images = load_photos(args.folders)
     if not photos:
         print(f"no photos under {', '.join(map(str, args.folders))}", file=sys.stderr)
         return 2
-    images = []
-    for path in photos:
-        try:
-            images.append(load_image_array(path))
-        except ImageError as error:
-            print(f"skipped {error}", file=sys.stderr)
     detector = load_detector(args.detector)
     for image in images[:3]:  # graph optimisation happens on the first calls
         detector.detect(image)

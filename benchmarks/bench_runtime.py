@@ -32,9 +32,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from detcrop.data.images import ImageError, is_image_path, load_image_array  # noqa: E402
 from detcrop.detect.base import load_detector  # noqa: E402
 from detcrop.detect.crop import CropConfig, crop_photos  # noqa: E402
+from photos import load_photos  # noqa: E402  (benchmarks/photos.py)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_FOLDERS = (SHARED / "clock-scenes", SHARED / "caltech-watch" / "watch")
@@ -59,14 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-runtimes", nargs="+", choices=RUNTIMES, default=["onnx"],
                         help="detector runtimes of the Ray jobs (default onnx: TensorFlow actors need ~1.5 GB each)")
     args = parser.parse_args(argv)
-    photos = sorted(path for folder in args.folders for path in folder.rglob("*") if path.is_file()
-                    and is_image_path(path))
-    images = []
-    for path in photos:
-        try:
-            images.append(load_image_array(path))
-        except ImageError as error:
-            print(f"skipped {error}", file=sys.stderr)
+    photos, images = load_photos(args.folders)
     if not images:
         print(f"no photos under {', '.join(map(str, args.folders))}", file=sys.stderr)
         return 2

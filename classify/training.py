@@ -936,7 +936,7 @@ def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir
     timings["features"] = time.perf_counter() - tick
     split = {"train": [str(examples.paths[row]) for row in examples.train],
              "val": [str(examples.paths[row]) for row in examples.val]}
-    atomic_write_json(run_dir / SPLIT_NAME, split)
+    atomic_write_json(run_dir / SPLIT_NAME, split)  # the same for every member (_combine_members checks)
 
     tick = time.perf_counter()
     head = fit_head(config, examples, features, classes, run_dir, history, callbacks)
@@ -1073,8 +1073,6 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
                 "unknown_threshold_rule": threshold_rule,
             })
         report_paths |= coverage_paths
-        if len(members) > 1:
-            (run_dir / SPLIT_NAME).write_text(json.dumps(members[0].split, indent=2), encoding="utf-8")
         save_run_bundle(run_dir, dataset_dir, model, config, class_names,
                         " + ".join(member.weights_source for member in members), metrics, unknown_threshold,
                         backbone="+".join(member.backbone for member in members))

@@ -5,17 +5,17 @@ from __future__ import annotations
 import csv
 import json
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from detcrop.classify.bundle import RESIZE_LAYER_NAME, save_bundle
+from detcrop.classify.bundle import save_bundle
 from detcrop.data.config import config_to_dict
 from detcrop.detect.crop import CropConfig
 from detcrop.detect.detections import Detections
 from detcrop.pipeline.cli import main
 from detcrop.pipeline.scoring import UNKNOWN, Scorer
+from tiny_models import tiny_model
 
 CLASSES = ("dark", "light")
 
@@ -48,13 +48,7 @@ def scene(value: int | None, seed: int, size=(96, 72)) -> np.ndarray:
 
 def make_run(run, on_empty: str = "record"):
     """A tiny bundle whose model says 'light' for bright crops and 'dark' for dark ones."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((None, None, 3))
-    x = keras.layers.Resizing(16, 16, antialias=True, name=RESIZE_LAYER_NAME)(inputs)
-    x = keras.layers.Rescaling(1 / 255.0)(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(2, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
+    model = tiny_model()
     # Mean brightness m in [0, 1]: logits (-8m + 4, 8m - 4) put 'light' above 0.5 when m > 0.5.
     model.layers[-1].set_weights([np.array([[-8 / 3, 8 / 3]] * 3, np.float32), np.array([4, -4], np.float32)])
     crop_config = config_to_dict(CropConfig(margin=0.0, square="none", min_size=8, on_empty=on_empty))

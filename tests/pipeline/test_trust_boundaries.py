@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 
-import keras
 import numpy as np
 import pytest
 
-from detcrop.classify.bundle import RESIZE_LAYER_NAME, save_bundle
+from detcrop.classify.bundle import save_bundle
 from detcrop.data.config import config_to_dict
 from detcrop.data.folders import scan_class_folders
 from detcrop.detect.crop import CropConfig
 from detcrop.detect.detections import Detections
 from detcrop.pipeline.cli import main
 from imagegen import save_image
+from tiny_models import tiny_model
 
 
 class WholeImageDetector:
@@ -34,16 +34,10 @@ class WholeImageDetector:
 
 def make_run(run, detector: str | None = "ssd-mobilenet-v2"):
     """A tiny two-class bundle in `run` whose crop_config names `detector`."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((None, None, 3))
-    x = keras.layers.Resizing(16, 16, antialias=True, name=RESIZE_LAYER_NAME)(inputs)
-    x = keras.layers.Rescaling(1 / 255.0)(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(2, activation="softmax")(x)
     crop_config = config_to_dict(CropConfig(min_size=8))
     if detector is not None:
         crop_config["detector"] = detector
-    save_bundle(run, keras.Model(inputs, outputs), {
+    save_bundle(run, tiny_model(), {
         "class_names": ["a", "b"], "input_size": 16, "backbone": "test", "weights_source": "fixed",
         "metrics": {}, "config": {}, "crop_config": crop_config, "unknown_threshold": 0.5,
     })

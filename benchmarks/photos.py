@@ -1,0 +1,27 @@
+"""The benchmarks' photo loading: image files under folders, decoded once, unreadable ones reported."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from detcrop.data.folders import expand_image_paths
+from detcrop.data.images import ImageError, load_image_array
+
+
+def load_photos(folders: Sequence[Path]) -> tuple[list[Path], list[np.ndarray]]:
+    """(every image file under `folders`, sorted per folder; the arrays of those that decode).
+
+    A file that does not decode is named on stderr and left out of the arrays only.
+    """
+    paths = expand_image_paths(folders)
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image_array(path))
+        except ImageError as error:
+            print(f"skipped {error}", file=sys.stderr)
+    return paths, images
