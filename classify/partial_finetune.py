@@ -85,7 +85,7 @@ class PartialSettings:
     """How the top of the base is fine-tuned (the `TrainConfig` fields it comes from in brackets)."""
 
     train_from: str  # first layer-name prefix that trains, e.g. "block6a" (train_from)
-    epochs: int = 8  # epochs on cached activations (partial_epochs)
+    epochs: int = 12  # epochs on cached activations (partial_epochs)
     learning_rate: float = 5e-4  # peak Adam learning rate, cosine decay to 0 after one warm-up epoch (partial_learning_rate)
     shift: int = 1  # random shift of the maps by up to this many cells (partial_shift)
     mixup: float = 0.0  # mixup Beta(a, a) parameter; 0 = off (partial_mixup)

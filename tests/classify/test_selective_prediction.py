@@ -57,6 +57,9 @@ def test_presets_and_their_overrides():
     best = make_train_config(preset="best")
     assert [(item.backbone, item.input_size) for item in member_configs(best)] == [
         ("efficientnet-lite2", 260), ("efficientnet-lite0", 260), ("efficientnet-lite1", 260)]
+    # 12 partial epochs by default; `best` keeps 8 to fit its 30 minutes, in every member.
+    assert make_train_config().partial_epochs == 12
+    assert {item.partial_epochs for item in member_configs(best)} == {8}
     assert make_train_config({"input_size": 64}, preset="best").input_size == 64  # flags win over the preset
     with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
         make_train_config(preset="fastest")
