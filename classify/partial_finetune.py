@@ -178,26 +178,35 @@ def _trainable_model(upper, head, map_shape):
     return keras.Model(inputs, head(x), name="partial")
 
 
-def _train_dataset(views: Sequence[np.ndarray], labels: np.ndarray, classes: int, settings: PartialSettings,
+def _stacked_views(maps: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """`rows` of every cached view in one array (row v * len(rows) + i is view v of row i), filled in place."""
+    first = next(iter(maps.values()))
+    stacked = np.empty((len(maps) * len(rows), *first.shape[1:]), first.dtype)
+    for position, views in enumerate(maps.values()):
+        np.take(views, rows, axis=0, out=stacked[position * len(rows):(position + 1) * len(rows)])
+    return stacked
+
+
+def _train_dataset(views: np.ndarray, labels: np.ndarray, classes: int, settings: PartialSettings,
                    sample_weights: np.ndarray | None):
     """Batches of augmented maps: a random view (the image, its mirror, zoomed views), a random shift, optional mixup.
 
-    `views` are row-aligned arrays of the same maps' shape, one per cached variant.
+    `views` holds every view of each example (`_stacked_views`: row v * len(labels) + i is view v of example i).
     """
     import tensorflow as tf
 
     count = len(labels)
-    height, width = views[0].shape[1:3]
+    view_count = len(views) // count
+    height, width = views.shape[1:3]
     targets = np.eye(classes, dtype=np.float32)[labels]
     smoothing = settings.label_smoothing
     targets = targets * (1.0 - smoothing) + smoothing / classes
     weights = np.ones(count, np.float32) if sample_weights is None else sample_weights.astype(np.float32)
     shift = settings.shift
-    # All views in one tensor: row v * count + i is view v of example i.
-    maps_t = tf.constant(np.concatenate(views) if len(views) > 1 else views[0])
+    maps_t = tf.constant(views)
 
     def augment(index):
-        view = tf.random.uniform((), 0, len(views), dtype=tf.int64)
+        view = tf.random.uniform((), 0, view_count, dtype=tf.int64)
         maps = tf.cast(tf.gather(maps_t, view * count + index), tf.float32)
         if shift:
             padded = tf.pad(maps, [[shift, shift], [shift, shift], [0, 0]], mode="SYMMETRIC")
@@ -244,7 +253,7 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
     timings: dict[str, float] = {}
     history = {} if history is None else history
     orig, flip = maps["orig"], maps["flip"]
-    views = [maps[variant][train_rows] for variant in maps]  # every cached view trains
+    views = _stacked_views(maps, train_rows)  # every cached view trains
     val_orig, val_flip = orig[val_rows], flip[val_rows]
     train_y, val_y = labels[train_rows], labels[val_rows]
     initial_weights = [layer.get_weights() for layer in upper.layers], head.get_weights()

@@ -129,3 +129,14 @@ def test_zoom_views_are_centred_crops_of_each_image():
 def test_bad_partial_settings_are_refused(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         quick_config(tmp_path, **overrides)
+
+
+def test_stacked_views_put_view_v_of_row_i_at_v_times_rows_plus_i():
+    from detcrop.classify.partial_finetune import _stacked_views
+
+    maps = {"orig": np.arange(10, dtype=np.float16).reshape(5, 1, 1, 2),
+            "flip": -np.arange(10, dtype=np.float16).reshape(5, 1, 1, 2)}
+    rows = np.array([3, 0, 4])
+    stacked = _stacked_views(maps, rows)
+    assert stacked.dtype == np.float16 and stacked.shape == (6, 1, 1, 2)
+    np.testing.assert_array_equal(stacked, np.concatenate([maps["orig"][rows], maps["flip"][rows]]))
