@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 #: Bumped when the way activations are computed changes (invalidates every cache folder).
 ACTIVATION_VERSION = 1
 #: Where `TrainConfig(train_from="auto")` cuts each backbone (chosen on watches-brands' val split; README).
-DEFAULT_CUTS = {f"efficientnet-lite{index}": "block6a" for index in range(3)}
+DEFAULT_CUTS = {f"efficientnet-lite{index}": "block6b" for index in range(3)}
 
 
 def default_activation_cache_dir() -> Path:
@@ -236,6 +236,61 @@ def _train_dataset(views: np.ndarray, labels: np.ndarray, classes: int, settings
     return data.prefetch(2)
 
 
+def trained_weights(upper, head) -> tuple[list, list]:
+    """The weights partial fine-tuning changes (`upper`'s layers and `head`), for `restore_weights`."""
+    return [layer.get_weights() for layer in upper.layers], head.get_weights()
+
+
+def restore_weights(upper, head, weights: tuple[list, list]) -> None:
+    for layer, layer_weights in zip(upper.layers, weights[0]):
+        layer.set_weights(layer_weights)
+    head.set_weights(weights[1])
+
+
+def _history_callback(history: dict[str, list], phase: str):
+    """A Keras callback appending each epoch's loss, accuracy, val figures (None without val) and lr to `history`."""
+    import keras
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            row = {"loss": logs.get("loss"), "accuracy": logs.get("accuracy"), "val_loss": logs.get("val_loss"),
+                   "val_accuracy": logs.get("val_accuracy"),
+                   "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), "phase": phase}
+            for name, value in row.items():
+                history.setdefault(name, []).append(value if isinstance(value, str) or value is None else float(value))
+            logger.info("%s epoch %d: %s", phase, epoch + 1, " ".join(
+                f"{name} {value:.4g}" for name, value in row.items() if isinstance(value, float)))
+
+    return Record()
+
+
+def _compiled_run(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
+                  rows: np.ndarray, classes: int):
+    """(compiled trainable model, its augmented training batches over `rows`): what one fine-tuning run fits."""
+    import keras
+
+    rows_y = labels[rows]
+    model = _trainable_model(upper, head, maps["orig"].shape[1:])
+    sample_weights = None
+    if settings.class_weights:
+        from detcrop.classify.training import class_weights  # training imports this module lazily too
+
+        per_class = class_weights(rows_y, classes)
+        sample_weights = np.array([per_class[index] for index in range(classes)])[rows_y]
+    # The map augmentation draws from TensorFlow's unseeded stateful ops: not bit-for-bit repeatable.
+    data = _train_dataset(_stacked_views(maps, rows), rows_y, classes, settings, sample_weights)  # every view trains
+    steps = int(np.ceil(len(rows_y) / settings.batch_size))
+    warmup = min(steps, steps * settings.epochs // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, steps * settings.epochs - warmup), warmup_target=settings.learning_rate,
+        warmup_steps=warmup)
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss=keras.losses.CategoricalCrossentropy(),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    return model, data
+
+
 def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
                       train_rows: np.ndarray, val_rows: np.ndarray, classes: int, frozen_val_acc: float = -1.0,
                       tta_flip: bool = True, history: dict[str, list] | None = None,
@@ -253,54 +308,23 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
     timings: dict[str, float] = {}
     history = {} if history is None else history
     orig, flip = maps["orig"], maps["flip"]
-    views = _stacked_views(maps, train_rows)  # every cached view trains
     val_orig, val_flip = orig[val_rows], flip[val_rows]
-    train_y, val_y = labels[train_rows], labels[val_rows]
-    initial_weights = [layer.get_weights() for layer in upper.layers], head.get_weights()
-    model = _trainable_model(upper, head, orig.shape[1:])
-    sample_weights = None
-    if settings.class_weights:
-        from detcrop.classify.training import class_weights  # training imports this module lazily too
-
-        per_class = class_weights(train_y, classes)
-        sample_weights = np.array([per_class[index] for index in range(classes)])[train_y]
-    # The map augmentation draws from TensorFlow's unseeded stateful ops: not bit-for-bit repeatable.
-    data = _train_dataset(views, train_y, classes, settings, sample_weights)
-    steps = int(np.ceil(len(train_y) / settings.batch_size))
-    warmup = min(steps, steps * settings.epochs // 2)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(1, steps * settings.epochs - warmup), warmup_target=settings.learning_rate,
-        warmup_steps=warmup)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.CategoricalCrossentropy(),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    val_y = labels[val_rows]
+    initial_weights = trained_weights(upper, head)
+    model, data = _compiled_run(upper, head, settings, maps, labels, train_rows, classes)
     val_targets = keras.utils.to_categorical(val_y, classes)
     from detcrop.classify.training import BestWeights  # training imports this module lazily too
 
     best = BestWeights()
-
-    class Record(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            row = {"loss": logs.get("loss"), "accuracy": logs.get("accuracy"), "val_loss": logs.get("val_loss"),
-                   "val_accuracy": logs.get("val_accuracy"),
-                   "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), "phase": "partial"}
-            for name, value in row.items():
-                history.setdefault(name, []).append(value if isinstance(value, str) or value is None else float(value))
-            logger.info("partial epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.2e",
-                        epoch + 1, row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"], row["lr"])
-
     tick = time.perf_counter()
     model.fit(data, validation_data=(val_orig.astype(np.float32), val_targets), epochs=settings.epochs,
-              verbose=0, shuffle=False, callbacks=[best.callback(), Record(), *callbacks])
+              verbose=0, shuffle=False, callbacks=[best.callback(), _history_callback(history, "partial"), *callbacks])
     timings["train"] = time.perf_counter() - tick
     val_acc = best.key[0]
     if val_acc <= frozen_val_acc:
         logger.info("partial fine-tuning reached val_acc %.4f, not above the frozen head's %.4f: keeping the "
                     "frozen base and head", val_acc, frozen_val_acc)
-        for layer, weights in zip(upper.layers, initial_weights[0]):
-            layer.set_weights(weights)
-        head.set_weights(initial_weights[1])
+        restore_weights(upper, head, initial_weights)
         return PartialResult(False, best.epoch, val_acc, history, None, timings)
     model.set_weights(best.weights)
     probabilities = np.asarray(model.predict(val_orig.astype(np.float32), batch_size=64, verbose=0))
@@ -308,3 +332,21 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
         probabilities = (probabilities + np.asarray(model.predict(val_flip.astype(np.float32), batch_size=64,
                                                                   verbose=0))) / 2
     return PartialResult(True, best.epoch, val_acc, history, probabilities, timings)
+
+
+def refit(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
+          rows: np.ndarray, classes: int, start: tuple[list, list], history: dict[str, list] | None = None,
+          callbacks: Sequence = ()) -> float:
+    """Fine-tune `upper` and `head` again from `start` (`trained_weights` before fine-tuning) on `rows`; seconds.
+
+    `train` calls it after `partial_fine_tune` chose and measured the recipe on its val split,
+    with `rows` = train + val: the same settings and epochs on every labelled image, keeping the
+    last epoch, since no rows are left to choose another. The val figures stay those of the
+    validated run.
+    """
+    restore_weights(upper, head, start)
+    model, data = _compiled_run(upper, head, settings, maps, labels, rows, classes)
+    tick = time.perf_counter()
+    model.fit(data, epochs=settings.epochs, verbose=0, shuffle=False,
+              callbacks=[_history_callback({} if history is None else history, "refit"), *callbacks])
+    return time.perf_counter() - tick

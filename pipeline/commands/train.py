@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="run folder for the bundle and the reports")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
                         help="recipe: 'fast' = frozen base + head on cached features at 320 px; 'default' = partial "
-                        "fine-tuning at 224 px; 'best' = the best measured recipe (320 px, slower); flags and "
+                        "fine-tuning at 224 px; 'best' = the best measured recipe (the default, then refit on train + val: about 1.5x slower); flags and "
                         "--config override it")
     parser.add_argument("--config", metavar="JSON", help="file of TrainConfig keys (e.g. a run's config.json); "
                         "flags override it")
@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{config.backbone} at {config.input_size}px: {result.metrics['train_images']} train / "
           f"{result.metrics['val_images']} val images; features computed {cache['computed']}, cached {cache['cached']}")
     print(f"time: {timings}")
+    if result.metrics.get("refit"):
+        print(f"refit: {', '.join(result.metrics['refit'])} trained again on train + val for the bundle (same "
+              "recipe, last epoch); the val figures above are from the run before, which val could judge")
     if result.skipped:
         print(f"skipped {len(result.skipped)} files (listed in metrics.json), e.g. {result.skipped[0][0]}: "
               f"{result.skipped[0][1]}")

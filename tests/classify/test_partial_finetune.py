@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("keras")
 
 from detcrop.classify.bundle import load_bundle
-from detcrop.classify.partial_finetune import ActivationCache, split_at
+from detcrop.classify.partial_finetune import (ActivationCache, PartialSettings, refit, restore_weights, split_at,
+                                               trained_weights)
 from detcrop.classify.training import train
 from detcrop.data.config import ConfigError
 from detcrop.data.images import load_image_array
@@ -59,7 +60,9 @@ def test_activation_cache_is_keyed_by_cut_and_stores_float16(tmp_path):
 def partial_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("partial")
     dataset = make_dataset(tmp_path / "data", per_class=10)
-    config = quick_config(tmp_path, train_from="conv2", partial_epochs=3, partial_mixup=0.2, partial_zoom=0.8, epochs=2)
+    # refit off (the default): the bundle is the validated model (test_refit_* covers refit).
+    config = quick_config(tmp_path, train_from="conv2", partial_epochs=3, partial_mixup=0.2, partial_zoom=0.8, epochs=2,
+                          refit=False)
     return tmp_path, dataset, train(dataset, tmp_path / "run", config, progress=False)
 
 
@@ -140,3 +143,48 @@ def test_stacked_views_put_view_v_of_row_i_at_v_times_rows_plus_i():
     stacked = _stacked_views(maps, rows)
     assert stacked.dtype == np.float16 and stacked.shape == (6, 1, 1, 2)
     np.testing.assert_array_equal(stacked, np.concatenate([maps["orig"][rows], maps["flip"][rows]]))
+
+
+def test_refit_starts_from_the_given_weights_and_trains_on_the_given_rows():
+    import keras
+
+    from detcrop.classify.backbones import build_base
+    from detcrop.classify.training import build_head
+
+    base, _ = build_base("scratch", 32, None, seed=0)
+    upper = split_at(base, "conv2")[1]
+    head = build_head(int(upper.output.shape[-1]), 3, 0.0, 0)
+    start = trained_weights(upper, head)
+    restore_weights(upper, head, ([[value + 1.0 for value in weights] for weights in start[0]],
+                                  [value + 1.0 for value in start[1]]))  # as if fine-tuned since
+    rng = np.random.default_rng(0)
+    maps = {view: rng.normal(size=(20, 8, 8, 32)).astype(np.float16) for view in ("orig", "flip")}
+    labels, rows = np.arange(20) % 3, np.arange(0, 20, 2)  # 10 of the 20 rows
+
+    class Batches(keras.callbacks.Callback):
+        count = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Batches.count += 1
+
+    history: dict[str, list] = {}
+    settings = PartialSettings(train_from="conv2", epochs=2, learning_rate=1e-12, batch_size=4)
+    seconds = refit(upper, head, settings, maps, labels, rows, 3, start, history, callbacks=[Batches()])
+    assert seconds > 0 and Batches.count == 2 * 3  # 2 epochs of ceil(10 / 4) batches: only `rows` train
+    assert history["phase"] == ["refit", "refit"] and history["val_accuracy"] == [None, None]
+    for now, then in zip(trained_weights(upper, head)[0] + [trained_weights(upper, head)[1]],
+                         start[0] + [start[1]]):  # restored to `start` (a learning rate of 1e-12 moves nothing)
+        for value, expected in zip(now, then):
+            np.testing.assert_allclose(value, expected, atol=1e-6)
+
+
+def test_refit_trains_the_bundle_on_train_and_val_after_the_val_figures(tmp_path):
+    dataset = make_dataset(tmp_path / "data", per_class=10)
+    config = quick_config(tmp_path, train_from="conv2", partial_epochs=2, epochs=1, learning_rate=1e-5, refit=True)
+    result = train(dataset, tmp_path / "run", config, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # A one-epoch head at a tiny learning rate leaves room for fine-tuning to win on val, which is when it refits.
+    assert "partial_train" in result.timings and metrics["refit"] == ["scratch"]
+    assert history["phase"].count("refit") == 2 and "partial_refit" in result.timings
+    assert (tmp_path / "run" / "logs" / "refit").is_dir()

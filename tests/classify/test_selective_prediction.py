@@ -48,18 +48,19 @@ def test_presets_and_their_overrides():
     from detcrop.classify.training import make_train_config, member_configs, resolve_ensemble, resolve_train_from
     from detcrop.data.config import ConfigError
 
-    assert resolve_train_from(make_train_config()) == "block6a"
-    assert resolve_ensemble(make_train_config()) == "efficientnet-lite1"
+    assert resolve_train_from(make_train_config()) == "block6b"
+    assert resolve_ensemble(make_train_config()) == "efficientnet-lite2"
     assert resolve_train_from(make_train_config(preset="fast")) == ""
     assert resolve_ensemble(make_train_config(preset="fast")) == ""  # one frozen model
     assert resolve_train_from(make_train_config({"backbone": "scratch"})) == ""
     assert resolve_train_from(make_train_config({"fine_tune_layers": 20})) == ""  # full fine-tuning asked for
     best = make_train_config(preset="best")
     assert [(item.backbone, item.input_size) for item in member_configs(best)] == [
-        ("efficientnet-lite2", 260), ("efficientnet-lite0", 260), ("efficientnet-lite1", 260)]
-    # 12 partial epochs by default; `best` keeps 8 to fit its 30 minutes, in every member.
-    assert make_train_config().partial_epochs == 12
-    assert {item.partial_epochs for item in member_configs(best)} == {8}
+        ("efficientnet-lite0", 224), ("efficientnet-lite2", 224)]
+    # 12 partial epochs in both; `best` refits every member on train + val, the default does not.
+    assert make_train_config().partial_epochs == 12 and not make_train_config().refit
+    assert {(item.partial_epochs, item.refit, resolve_train_from(item)) for item in member_configs(best)} == {
+        (12, True, "block6b")}
     assert make_train_config({"input_size": 64}, preset="best").input_size == 64  # flags win over the preset
     with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
         make_train_config(preset="fastest")
