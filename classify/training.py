@@ -65,7 +65,7 @@ class TrainingError(DetcropError, ValueError):
 class TrainingCancelled(DetcropError):
     """A callback stopped training (``self.model.stop_training = True``); no bundle was written.
 
-    `phase` is ``"head"``, ``"partial"`` or ``"fine-tune"``; `epoch` the 0-based epoch of that phase that ran
+    `phase` is ``"head"``, ``"partial"``, ``"refit"`` or ``"fine-tune"``; `epoch` the 0-based epoch of that phase that ran
     last. The run folder stays marked incomplete (see `save_run_bundle`).
     """
 
@@ -165,7 +165,7 @@ PRESETS: dict[str, dict] = {
     # the default's members, each refit on train + val after its val figures (held-back F1 0.810 / 0.804
     # against 0.794 / 0.795 for the three members at 260 px that were `best` before; README).
     "best": {"backbone": "efficientnet-lite0", "input_size": 224, "ensemble": "efficientnet-lite2",
-             "train_from": "block6b", "partial_epochs": 12, "refit": True},
+             "partial_epochs": 12, "refit": True},
 }
 
 
@@ -795,7 +795,9 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
         frozen_val_acc=frozen_accuracy, tta_flip=config.tta_flip, history=history,
         callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, "partial")])
     watch.raise_if_cancelled(run_dir)
-    if config.refit and result.improved:
+    if config.refit and not result.improved:
+        logger.info("refit skipped: partial fine-tuning did not beat the frozen head on val, which the bundle keeps")
+    elif config.refit:
         # The recipe paid on val: the bundle gets it trained on every labelled image (val too).
         watch = _CancelWatch("refit")
         result.timings["refit"] = refit(
@@ -876,7 +878,8 @@ def save_run_bundle(run_dir: Path, dataset_dir: Path, model, config: TrainConfig
         "input_size": config.input_size,
         "backbone": backbone or config.backbone,  # an ensemble's: its members' joined by "+"
         "weights_source": weights_source,
-        "metrics": {key: metrics[key] for key in ("accuracy", "macro_f1", "weighted_f1", "samples")},
+        "metrics": {key: metrics[key] for key in ("accuracy", "macro_f1", "weighted_f1", "samples")}
+                   | {key: metrics[key] for key in ("refit",) if key in metrics},  # the members refit after val
         "config": config_to_dict(config),
         "tta_flip": config.tta_flip,
         # `predict` reports "unknown" under this; see choose_threshold and classify.calibration.
@@ -1076,6 +1079,8 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
         coverage_rows, coverage_paths = write_coverage_report(run_dir, probabilities, examples.labels[examples.val],
                                                               unknown_threshold)
         timings["total"] = time.perf_counter() - started
+        # Members trained again on train + val after these val figures (metrics.json and bundle.json say so).
+        refit_members = [member.backbone for member in members if member.refit]
         metrics, metrics_with_context, report_paths = write_run_reports(
             run_dir, config, examples, class_names, probabilities, history, val_images, {
                 "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
@@ -1083,12 +1088,12 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
                 "feature_cache": members[0].cache_counts, "coverage": coverage_rows,
                 "unknown_threshold": unknown_threshold,
                 "unknown_threshold_rule": threshold_rule,
-                # The bundle's members trained again on train + val after these val figures were measured.
-                "refit": [member.backbone for member in members if member.refit],
+                "refit": refit_members,
             })
         report_paths |= coverage_paths
         save_run_bundle(run_dir, dataset_dir, model, config, class_names,
-                        " + ".join(member.weights_source for member in members), metrics, unknown_threshold,
+                        " + ".join(member.weights_source for member in members),
+                        metrics | ({"refit": refit_members} if refit_members else {}), unknown_threshold,
                         backbone="+".join(member.backbone for member in members))
         mark_complete(run_dir)
         return TrainResult(run_dir, metrics_with_context, history, skipped, timings, report_paths)

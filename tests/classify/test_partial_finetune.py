@@ -178,13 +178,57 @@ def test_refit_starts_from_the_given_weights_and_trains_on_the_given_rows():
             np.testing.assert_allclose(value, expected, atol=1e-6)
 
 
-def test_refit_trains_the_bundle_on_train_and_val_after_the_val_figures(tmp_path):
+def _refit_run(tmp_path, monkeypatch, frozen_accuracy: float, callbacks=()):
+    """A scratch run with refit on; the frozen head's val accuracy is forced (-1: fine-tuning always wins)."""
+    from detcrop.classify import partial_finetune, training
+
+    seen_rows = []
+    real_refit = partial_finetune.refit
+
+    def recording_refit(upper, head, settings, maps, labels, rows, *args, **kwargs):
+        seen_rows.append(np.asarray(rows))
+        return real_refit(upper, head, settings, maps, labels, rows, *args, **kwargs)
+
+    monkeypatch.setattr(partial_finetune, "refit", recording_refit)
+    monkeypatch.setattr(training, "head_val_accuracy", lambda *args: frozen_accuracy)
     dataset = make_dataset(tmp_path / "data", per_class=10)
-    config = quick_config(tmp_path, train_from="conv2", partial_epochs=2, epochs=1, learning_rate=1e-5, refit=True)
-    result = train(dataset, tmp_path / "run", config, progress=False)
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    # A one-epoch head at a tiny learning rate leaves room for fine-tuning to win on val, which is when it refits.
-    assert "partial_train" in result.timings and metrics["refit"] == ["scratch"]
-    assert history["phase"].count("refit") == 2 and "partial_refit" in result.timings
-    assert (tmp_path / "run" / "logs" / "refit").is_dir()
+    config = quick_config(tmp_path, train_from="conv2", partial_epochs=2, epochs=1, refit=True)
+    return train(dataset, tmp_path / "run", config, progress=False, callbacks=callbacks), seen_rows
+
+
+def test_refit_trains_the_bundle_on_train_and_val_after_the_val_figures(tmp_path, monkeypatch):
+    result, seen_rows = _refit_run(tmp_path, monkeypatch, -1.0)
+    run = tmp_path / "run"
+    history = json.loads((run / "history.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    assert result.metrics["refit"] == ["scratch"] and "partial_refit" in result.timings
+    assert json.loads((run / "metrics.json").read_text())["refit"] == ["scratch"]
+    assert load_bundle(run).metadata.metrics["refit"] == ["scratch"]
+    assert history["phase"].count("partial") == 2 and history["phase"].count("refit") == 2
+    assert (run / "logs" / "refit").is_dir()
+    # One refit, on every train and val row (each once), after the val figures came from the validated run.
+    rows = seen_rows[0].tolist()
+    assert len(seen_rows) == 1 and len(set(rows)) == len(rows) == len(split["train"]) + len(split["val"])
+    assert result.metrics["val_images"] == len(split["val"])
+
+
+def test_refit_is_skipped_when_fine_tuning_did_not_win(tmp_path, monkeypatch):
+    result, seen_rows = _refit_run(tmp_path, monkeypatch, 2.0)  # no val accuracy beats 2: the frozen head stays
+    assert seen_rows == [] and result.metrics["refit"] == [] and "partial_refit" not in result.timings
+    assert "refit" not in load_bundle(tmp_path / "run").metadata.metrics
+
+
+def test_a_callback_can_cancel_during_refit(tmp_path, monkeypatch):
+    import keras
+
+    from detcrop.classify.training import TrainingCancelled
+
+    class StopInRefit(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if "val_loss" not in (logs or {}):  # refit epochs have no val figures
+                self.model.stop_training = True
+
+    with pytest.raises(TrainingCancelled) as raised:
+        _refit_run(tmp_path, monkeypatch, -1.0, callbacks=[StopInRefit()])
+    assert raised.value.phase == "refit" and raised.value.epoch == 0
+    assert not (tmp_path / "run" / "model.keras").exists()
