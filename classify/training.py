@@ -1052,6 +1052,9 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
     if config.cache_dir:
         check_output_path(config.cache_dir, "--cache-dir", protected=[("the dataset", dataset_dir)], kind="folder")
     configs = member_configs(config)  # a bad ensemble entry is refused before any work
+    if config.refit and not resolve_train_from(config):
+        logger.info("refit is for partial fine-tuning, which this run does not do (train_from=%r, fine_tune_layers=%d)",
+                    config.train_from, config.fine_tune_layers)
     with folder_lock(run_dir, "train"):  # a second train into this run exits naming the first
         mark_incomplete(run_dir)  # first: an old bundle is never served under the new config.json
         atomic_write_json(run_dir / CONFIG_NAME, config_to_dict(config))
