@@ -247,24 +247,6 @@ def restore_weights(upper, head, weights: tuple[list, list]) -> None:
     head.set_weights(weights[1])
 
 
-def _history_callback(history: dict[str, list], phase: str):
-    """A Keras callback appending each epoch's loss, accuracy, val figures (None without val) and lr to `history`."""
-    import keras
-
-    class Record(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            row = {"loss": logs.get("loss"), "accuracy": logs.get("accuracy"), "val_loss": logs.get("val_loss"),
-                   "val_accuracy": logs.get("val_accuracy"),
-                   "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), "phase": phase}
-            for name, value in row.items():
-                history.setdefault(name, []).append(value if isinstance(value, str) or value is None else float(value))
-            logger.info("%s epoch %d: %s", phase, epoch + 1, " ".join(
-                f"{name} {value:.4g}" for name, value in row.items() if isinstance(value, float)))
-
-    return Record()
-
-
 def _compiled_run(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
                   rows: np.ndarray, classes: int):
     """(compiled trainable model, its augmented training batches over `rows`): what one fine-tuning run fits."""
@@ -313,12 +295,12 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
     initial_weights = trained_weights(upper, head)
     model, data = _compiled_run(upper, head, settings, maps, labels, train_rows, classes)
     val_targets = keras.utils.to_categorical(val_y, classes)
-    from detcrop.classify.training import BestWeights  # training imports this module lazily too
+    from detcrop.classify.training import BestWeights, EpochLog  # training imports this module lazily too
 
     best = BestWeights()
     tick = time.perf_counter()
     model.fit(data, validation_data=(val_orig.astype(np.float32), val_targets), epochs=settings.epochs,
-              verbose=0, shuffle=False, callbacks=[best.callback(), _history_callback(history, "partial"), *callbacks])
+              verbose=0, shuffle=False, callbacks=[best.callback(), EpochLog(history, None, "partial").callback(), *callbacks])
     timings["train"] = time.perf_counter() - tick
     val_acc = best.key[0]
     if val_acc <= frozen_val_acc:
@@ -344,9 +326,11 @@ def refit(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], l
     last epoch, since no rows are left to choose another. The val figures stay those of the
     validated run.
     """
+    from detcrop.classify.training import EpochLog  # training imports this module lazily too
+
     restore_weights(upper, head, start)
     model, data = _compiled_run(upper, head, settings, maps, labels, rows, classes)
     tick = time.perf_counter()
     model.fit(data, epochs=settings.epochs, verbose=0, shuffle=False,
-              callbacks=[_history_callback({} if history is None else history, "refit"), *callbacks])
+              callbacks=[EpochLog({} if history is None else history, None, "refit").callback(), *callbacks])
     return time.perf_counter() - tick

@@ -387,13 +387,18 @@ def _in_order_batches(inputs: np.ndarray, targets: np.ndarray, batch_size: int, 
     return stream.map(transform) if transform is not None else stream
 
 
-class _EpochLog:
-    """Collects history rows and logs one line per epoch (the CLI shows them as progress)."""
+class EpochLog:
+    """Collects history rows and logs one line per epoch (the CLI shows them as progress).
 
-    def __init__(self, history: dict[str, list], path: Path, phase: str):
+    Every phase records through it (head, fine-tune here; partial and refit in
+    classify.partial_finetune). With a `path`, the history is written there after each epoch.
+    A phase without validation (refit) records None for the val figures.
+    """
+
+    def __init__(self, history: dict[str, list], path: Path | None, phase: str):
         self.history, self.path, self.phase = history, path, phase
 
-    def callback(self, optimizer_of: Callable):
+    def callback(self):
         import keras
 
         log = self
@@ -404,15 +409,16 @@ class _EpochLog:
                 row = {
                     "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
                     "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
-                    "lr": float(keras.ops.convert_to_numpy(optimizer_of().learning_rate)),
+                    "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
                     "phase": log.phase,
                 }
                 for key, value in row.items():
                     log.history.setdefault(key, []).append(value if isinstance(value, str) or value is None else float(value))
-                logger.info("%s epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.2e",
-                            log.phase, epoch + 1, row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"],
-                            row["lr"])
-                atomic_write_json(log.path, log.history)
+                logger.info("%s epoch %d: %s", log.phase, epoch + 1, " ".join(
+                    f"{key} {value:.2e}" if key == "lr" else f"{key} {value:.4f}"
+                    for key, value in row.items() if isinstance(value, float)))
+                if log.path is not None:
+                    atomic_write_json(log.path, log.history)
 
         return Recorder()
 
@@ -540,7 +546,7 @@ def fit_head(config: TrainConfig, examples: Examples, features: dict[str, np.nda
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
             best.callback(),
-            _EpochLog(history, run_dir / HISTORY_NAME, "head").callback(lambda: head.optimizer),
+            EpochLog(history, run_dir / HISTORY_NAME, "head").callback(),
             tensorboard_callback(run_dir, "head"),
         ],
     )
@@ -759,7 +765,7 @@ def fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: 
               initial_epoch=initial_epoch, verbose=0, shuffle=False,  # _epoch_batches shuffles
               class_weight=class_weights(train_y, classes) if config.class_weights else None,
               callbacks=[*callbacks, watch.callback(), reduce_lr,
-                         _EpochLog(history, run_dir / HISTORY_NAME, "fine-tune").callback(lambda: model.optimizer),
+                         EpochLog(history, run_dir / HISTORY_NAME, "fine-tune").callback(),
                          Checkpoint(), tensorboard_callback(run_dir, "fine-tune")])
     if watch.cancelled:
         backup.remove()  # a cancel is not an interruption: the next run starts afresh
@@ -788,7 +794,7 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
         seed=config.seed)
     frozen_accuracy = head_val_accuracy(head, examples, features)
     upper = split_at(extractor.base, settings.train_from)[1]
-    start = trained_weights(upper, head)
+    start = trained_weights(upper, head) if config.refit else None  # where a refit starts again
     watch = _CancelWatch("partial")
     result = partial_fine_tune(
         upper, head, settings, maps, examples.labels, examples.train, examples.val, classes,
@@ -990,7 +996,7 @@ def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir
     else:
         probabilities = predict_val(config, model, head, examples, features, val_images)
     return Member(config.backbone, config.input_size, extractor.weights_source, model, examples, probabilities,
-                  val_images, skipped, cache_counts, split, refit=partial is not None and "refit" in partial.timings)
+                  val_images, skipped, cache_counts, split, refit=config.refit and partial is not None and partial.improved)
 
 
 def _combine_members(members: list[Member]):
