@@ -192,6 +192,9 @@ def _train_dataset(views: np.ndarray, labels: np.ndarray, classes: int, settings
     """Batches of augmented maps: a random view (the image, its mirror, zoomed views), a random shift, optional mixup.
 
     `views` holds every view of each example (`_stacked_views`: row v * len(labels) + i is view v of example i).
+    The stream repeats, reshuffled on each pass: fit it with ``steps_per_epoch`` = one pass. Keras makes a
+    new iterator per epoch over a finite dataset, and on 2 cores that often stalled the next epoch's
+    start for about 10 s with both cores idle (about half the epochs; README).
     """
     import tensorflow as tf
 
@@ -233,7 +236,7 @@ def _train_dataset(views: np.ndarray, labels: np.ndarray, classes: int, settings
             return maps, target, weight
 
         data = data.map(mix)
-    return data.prefetch(2)
+    return data.repeat().prefetch(2)
 
 
 def trained_weights(upper, head) -> tuple[list, list]:
@@ -249,7 +252,7 @@ def restore_weights(upper, head, weights: tuple[list, list]) -> None:
 
 def _compiled_run(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
                   rows: np.ndarray, classes: int):
-    """(compiled trainable model, its augmented training batches over `rows`): what one fine-tuning run fits."""
+    """(compiled model, its endless augmented batches over `rows`, steps per epoch): what one fine-tuning run fits."""
     import keras
 
     rows_y = labels[rows]
@@ -270,7 +273,7 @@ def _compiled_run(upper, head, settings: PartialSettings, maps: dict[str, np.nda
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.CategoricalCrossentropy(),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    return model, data
+    return model, data, steps
 
 
 def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
@@ -293,14 +296,14 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
     val_orig, val_flip = orig[val_rows], flip[val_rows]
     val_y = labels[val_rows]
     initial_weights = trained_weights(upper, head)
-    model, data = _compiled_run(upper, head, settings, maps, labels, train_rows, classes)
+    model, data, steps = _compiled_run(upper, head, settings, maps, labels, train_rows, classes)
     val_targets = keras.utils.to_categorical(val_y, classes)
     from detcrop.classify.training import BestWeights, EpochLog  # training imports this module lazily too
 
     best = BestWeights()
     tick = time.perf_counter()
-    model.fit(data, validation_data=(val_orig.astype(np.float32), val_targets), epochs=settings.epochs,
-              verbose=0, shuffle=False, callbacks=[best.callback(), EpochLog(history, None, "partial").callback(), *callbacks])
+    model.fit(data, steps_per_epoch=steps, validation_data=(val_orig.astype(np.float32), val_targets),
+              epochs=settings.epochs, verbose=0, shuffle=False, callbacks=[best.callback(), EpochLog(history, None, "partial").callback(), *callbacks])
     timings["train"] = time.perf_counter() - tick
     val_acc = best.key[0]
     if val_acc <= frozen_val_acc:
@@ -329,8 +332,8 @@ def refit(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], l
     from detcrop.classify.training import EpochLog  # training imports this module lazily too
 
     restore_weights(upper, head, start)
-    model, data = _compiled_run(upper, head, settings, maps, labels, rows, classes)
+    model, data, steps = _compiled_run(upper, head, settings, maps, labels, rows, classes)
     tick = time.perf_counter()
-    model.fit(data, epochs=settings.epochs, verbose=0, shuffle=False,
+    model.fit(data, steps_per_epoch=steps, epochs=settings.epochs, verbose=0, shuffle=False,
               callbacks=[EpochLog({} if history is None else history, None, "refit").callback(), *callbacks])
     return time.perf_counter() - tick
