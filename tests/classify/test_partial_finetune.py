@@ -145,6 +145,22 @@ def test_stacked_views_put_view_v_of_row_i_at_v_times_rows_plus_i():
     np.testing.assert_array_equal(stacked, np.concatenate([maps["orig"][rows], maps["flip"][rows]]))
 
 
+def test_training_stream_repeats_and_each_epoch_is_one_pass_over_the_rows():
+    from detcrop.classify.partial_finetune import _train_dataset
+
+    # Example i's maps are all i (both views), so a batch names the examples it holds; no shift, so values stay.
+    count, batch_size = 11, 4
+    views = np.concatenate([np.arange(count, dtype=np.float16)] * 2)[:, None, None, None] * np.ones((1, 2, 2, 3), np.float16)
+    settings = PartialSettings(train_from="conv2", shift=0, batch_size=batch_size)
+    data = _train_dataset(views, np.arange(count) % 3, 3, settings, None)
+    steps = -(-count // batch_size)
+    batches = iter(data)
+    epochs = [np.concatenate([np.asarray(next(batches)[0])[:, 0, 0, 0] for _ in range(steps)]) for _ in range(3)]
+    for seen in epochs:  # `steps_per_epoch=steps` batches are every example exactly once
+        assert sorted(seen.astype(int).tolist()) == list(range(count))
+    assert any(not np.array_equal(epochs[0], other) for other in epochs[1:])  # reshuffled on each pass
+
+
 def test_refit_starts_from_the_given_weights_and_trains_on_the_given_rows():
     import keras
 
