@@ -279,14 +279,14 @@ def _compiled_run(upper, head, settings: PartialSettings, maps: dict[str, np.nda
 def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
                       train_rows: np.ndarray, val_rows: np.ndarray, classes: int, frozen_val_acc: float = -1.0,
                       tta_flip: bool = True, history: dict[str, list] | None = None,
-                      callbacks: Sequence = ()) -> PartialResult:
+                      callbacks: Sequence = (), start: tuple[list, list] | None = None) -> PartialResult:
     """Fine-tune `upper` (the base from `settings.train_from` up, see `activation_model`) and `head`.
 
     `maps` holds every image's cached activations per variant ("orig", "flip", and any zoomed
     views: training picks one of them at random, validation uses "orig" and "flip"), row-aligned
     with `labels`; `train_rows` and `val_rows` index them. `upper` and `head` are updated in
-    place; when the best epoch does not beat `frozen_val_acc` they are restored and `improved`
-    is False.
+    place; when the best epoch does not beat `frozen_val_acc` they are restored to `start` (their
+    `trained_weights` before fine-tuning; taken here when not given) and `improved` is False.
     """
     import keras
 
@@ -295,7 +295,7 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
     orig, flip = maps["orig"], maps["flip"]
     val_orig, val_flip = orig[val_rows], flip[val_rows]
     val_y = labels[val_rows]
-    initial_weights = trained_weights(upper, head)
+    start = trained_weights(upper, head) if start is None else start
     model, data, steps = _compiled_run(upper, head, settings, maps, labels, train_rows, classes)
     val_targets = keras.utils.to_categorical(val_y, classes)
     from detcrop.classify.training import BestWeights, EpochLog  # training imports this module lazily too
@@ -303,13 +303,14 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
     best = BestWeights()
     tick = time.perf_counter()
     model.fit(data, steps_per_epoch=steps, validation_data=(val_orig.astype(np.float32), val_targets),
-              epochs=settings.epochs, verbose=0, shuffle=False, callbacks=[best.callback(), EpochLog(history, None, "partial").callback(), *callbacks])
+              epochs=settings.epochs, verbose=0, shuffle=False,
+              callbacks=[best.callback(), EpochLog(history, None, "partial").callback(), *callbacks])
     timings["train"] = time.perf_counter() - tick
     val_acc = best.key[0]
     if val_acc <= frozen_val_acc:
         logger.info("partial fine-tuning reached val_acc %.4f, not above the frozen head's %.4f: keeping the "
                     "frozen base and head", val_acc, frozen_val_acc)
-        restore_weights(upper, head, initial_weights)
+        restore_weights(upper, head, start)
         return PartialResult(False, best.epoch, val_acc, history, None, timings)
     model.set_weights(best.weights)
     probabilities = np.asarray(model.predict(val_orig.astype(np.float32), batch_size=64, verbose=0))

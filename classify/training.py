@@ -794,12 +794,12 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
         seed=config.seed)
     frozen_accuracy = head_val_accuracy(head, examples, features)
     upper = split_at(extractor.base, settings.train_from)[1]
-    start = trained_weights(upper, head) if config.refit else None  # where a refit starts again
+    start = trained_weights(upper, head)  # where fine-tuning restores to if it loses, and where a refit starts again
     watch = _CancelWatch("partial")
     result = partial_fine_tune(
         upper, head, settings, maps, examples.labels, examples.train, examples.val, classes,
         frozen_val_acc=frozen_accuracy, tta_flip=config.tta_flip, history=history,
-        callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, "partial")])
+        callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, "partial")], start=start)
     watch.raise_if_cancelled(run_dir)
     if config.refit and not result.improved:
         logger.info("refit skipped: partial fine-tuning did not beat the frozen head on val, which the bundle keeps")
