@@ -279,7 +279,8 @@ def _compiled_run(upper, head, settings: PartialSettings, maps: dict[str, np.nda
 def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
                       train_rows: np.ndarray, val_rows: np.ndarray, classes: int, frozen_val_acc: float = -1.0,
                       tta_flip: bool = True, history: dict[str, list] | None = None,
-                      callbacks: Sequence = (), start: tuple[list, list] | None = None) -> PartialResult:
+                      callbacks: Sequence = (), start: tuple[list, list] | None = None, phase: str = "partial",
+                      history_path: Path | None = None) -> PartialResult:
     """Fine-tune `upper` (the base from `settings.train_from` up, see `activation_model`) and `head`.
 
     `maps` holds every image's cached activations per variant ("orig", "flip", and any zoomed
@@ -287,6 +288,7 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
     with `labels`; `train_rows` and `val_rows` index them. `upper` and `head` are updated in
     place; when the best epoch does not beat `frozen_val_acc` they are restored to `start` (their
     `trained_weights` before fine-tuning; taken here when not given) and `improved` is False.
+    Each epoch appends a row to `history` under `phase` (and rewrites `history_path`, when given).
     """
     import keras
 
@@ -304,7 +306,7 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
     tick = time.perf_counter()
     model.fit(data, steps_per_epoch=steps, validation_data=(val_orig.astype(np.float32), val_targets),
               epochs=settings.epochs, verbose=0, shuffle=False,
-              callbacks=[best.callback(), EpochLog(history, None, "partial").callback(), *callbacks])
+              callbacks=[best.callback(), EpochLog(history, history_path, phase).callback(), *callbacks])
     timings["train"] = time.perf_counter() - tick
     val_acc = best.key[0]
     if val_acc <= frozen_val_acc:
@@ -322,13 +324,13 @@ def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np
 
 def refit(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
           rows: np.ndarray, classes: int, start: tuple[list, list], history: dict[str, list] | None = None,
-          callbacks: Sequence = ()) -> float:
+          callbacks: Sequence = (), phase: str = "refit", history_path: Path | None = None) -> float:
     """Fine-tune `upper` and `head` again from `start` (`trained_weights` before fine-tuning) on `rows`; seconds.
 
     `train` calls it after `partial_fine_tune` chose and measured the recipe on its val split,
     with `rows` = train + val: the same settings and epochs on every labelled image, keeping the
     last epoch, since no rows are left to choose another. The val figures stay those of the
-    validated run.
+    validated run. History rows (no val figures) go under `phase`, as in `partial_fine_tune`.
     """
     from detcrop.classify.training import EpochLog  # training imports this module lazily too
 
@@ -336,5 +338,5 @@ def refit(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], l
     model, data, steps = _compiled_run(upper, head, settings, maps, labels, rows, classes)
     tick = time.perf_counter()
     model.fit(data, steps_per_epoch=steps, epochs=settings.epochs, verbose=0, shuffle=False,
-              callbacks=[EpochLog({} if history is None else history, None, "refit").callback(), *callbacks])
+              callbacks=[EpochLog({} if history is None else history, history_path, phase).callback(), *callbacks])
     return time.perf_counter() - tick

@@ -188,7 +188,7 @@ def resolve_train_from(config: TrainConfig) -> str:
 
 
 def tensorboard_callback(run_dir: Path, phase: str):
-    """TensorBoard event files in RUN/logs/<phase> (`tensorboard --logdir RUN/logs`).
+    """TensorBoard event files in RUN/logs/<phase> (`tensorboard --logdir RUN/logs`; "member1 head" -> member1-head).
 
     A do-nothing callback when the `tensorboard` package (a dependency) is missing: logs are
     a convenience, never a reason to fail a training run.
@@ -200,7 +200,7 @@ def tensorboard_callback(run_dir: Path, phase: str):
     if importlib.util.find_spec("tensorboard") is None:
         logger.warning("tensorboard is not installed; no logs in %s", Path(run_dir) / LOGS_DIR)
         return keras.callbacks.Callback()
-    return keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / LOGS_DIR / phase), write_graph=False)
+    return keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / LOGS_DIR / phase.replace(" ", "-")), write_graph=False)
 
 
 # --------------------------------------------------------------------------- one index space
@@ -522,8 +522,11 @@ def _compile(model, learning_rate: float, label_smoothing: float) -> None:
 
 
 def fit_head(config: TrainConfig, examples: Examples, features: dict[str, np.ndarray], classes: int,
-             run_dir: Path, history: dict[str, list], callbacks: Sequence = ()):
-    """Step 3: train the head on cached features (mirrored ones too with `flip_features`); returns it."""
+             run_dir: Path, history: dict[str, list], callbacks: Sequence = (), tag: str = ""):
+    """Step 3: train the head on cached features (mirrored ones too with `flip_features`); returns it.
+
+    Its history rows go into `history` as phase `tag` + "head" (`tag` names an ensemble member).
+    """
     import keras
 
     train_x, train_y = features["orig"][examples.train], examples.labels[examples.train]
@@ -546,8 +549,8 @@ def fit_head(config: TrainConfig, examples: Examples, features: dict[str, np.nda
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
             best.callback(),
-            EpochLog(history, run_dir / HISTORY_NAME, "head").callback(),
-            tensorboard_callback(run_dir, "head"),
+            EpochLog(history, run_dir / HISTORY_NAME, tag + "head").callback(),
+            tensorboard_callback(run_dir, tag + "head"),
         ],
     )
     watch.raise_if_cancelled(run_dir)
@@ -688,7 +691,7 @@ class _FineTuneBest:
 
 def fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: Examples,
               val_images: Sequence[np.ndarray], phase1_accuracy: float, classes: int, run_dir: Path,
-              history: dict[str, list], callbacks: Sequence = (), progress: bool = False,
+              history: dict[str, list], callbacks: Sequence = (), progress: bool = False, tag: str = "",
               ) -> tuple[Any, list[tuple[str, str]]]:
     """Step 4: unfreeze the top of the base and train everything at a low learning rate.
 
@@ -765,8 +768,8 @@ def fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: 
               initial_epoch=initial_epoch, verbose=0, shuffle=False,  # _epoch_batches shuffles
               class_weight=class_weights(train_y, classes) if config.class_weights else None,
               callbacks=[*callbacks, watch.callback(), reduce_lr,
-                         EpochLog(history, run_dir / HISTORY_NAME, "fine-tune").callback(),
-                         Checkpoint(), tensorboard_callback(run_dir, "fine-tune")])
+                         EpochLog(history, run_dir / HISTORY_NAME, tag + "fine-tune").callback(),
+                         Checkpoint(), tensorboard_callback(run_dir, tag + "fine-tune")])
     if watch.cancelled:
         backup.remove()  # a cancel is not an interruption: the next run starts afresh
         watch.raise_if_cancelled(run_dir)
@@ -783,7 +786,7 @@ def fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: 
 
 def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: Examples,
                        features: dict[str, np.ndarray], maps: dict[str, np.ndarray], classes: int, run_dir: Path,
-                       history: dict[str, list], callbacks: Sequence):
+                       history: dict[str, list], callbacks: Sequence, tag: str = ""):
     """Step 4 (default): the top of the base and the head on the cached maps; see classify.partial_finetune."""
     from detcrop.classify.partial_finetune import PartialSettings, partial_fine_tune, refit, split_at, trained_weights
 
@@ -799,7 +802,8 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
     result = partial_fine_tune(
         upper, head, settings, maps, examples.labels, examples.train, examples.val, classes,
         frozen_val_acc=frozen_accuracy, tta_flip=config.tta_flip, history=history,
-        callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, "partial")], start=start)
+        callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, tag + "partial")], start=start,
+        phase=tag + "partial", history_path=run_dir / HISTORY_NAME)
     watch.raise_if_cancelled(run_dir)
     if config.refit and not result.improved:
         logger.info("refit skipped: partial fine-tuning did not beat the frozen head on val, which the bundle keeps")
@@ -808,9 +812,9 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
         watch = _CancelWatch("refit")
         result.timings["refit"] = refit(
             upper, head, settings, maps, examples.labels, np.sort(np.concatenate([examples.train, examples.val])),
-            classes, start, history, callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, "refit")])
+            classes, start, history, phase=tag + "refit", history_path=run_dir / HISTORY_NAME,
+            callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, tag + "refit")])
         watch.raise_if_cancelled(run_dir)
-    atomic_write_json(run_dir / HISTORY_NAME, history)
     return result
 
 
@@ -949,8 +953,13 @@ def member_configs(config: TrainConfig) -> list[TrainConfig]:
 
 
 def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir: Path, history: dict[str, list],
-                  timings: dict[str, float], callbacks: Sequence, progress: bool, ray: RaySettings | None) -> Member:
-    """Steps 2-4 for one model: features, head, fine-tuning; its val probabilities."""
+                  timings: dict[str, float], callbacks: Sequence, progress: bool, ray: RaySettings | None,
+                  tag: str = "") -> Member:
+    """Steps 2-4 for one model: features, head, fine-tuning; its val probabilities.
+
+    Its history rows are appended to the run's `history` with phases named `tag` + phase
+    ("member1 head"), so history.json shows every member's epochs so far while it trains.
+    """
     tick = time.perf_counter()
     extractor = build_extractor(config)
     examples, features, skipped, cache_counts, maps = compute_features(examples, extractor, config, progress, ray)
@@ -960,7 +969,7 @@ def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir
     atomic_write_json(run_dir / SPLIT_NAME, split)  # the same for every member (_combine_members checks)
 
     tick = time.perf_counter()
-    head = fit_head(config, examples, features, classes, run_dir, history, callbacks)
+    head = fit_head(config, examples, features, classes, run_dir, history, callbacks, tag)
     timings["head"] = time.perf_counter() - tick
 
     val_images = None
@@ -968,7 +977,7 @@ def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir
     if resolve_train_from(config):
         tick = time.perf_counter()
         partial = _partial_fine_tune(config, extractor, head, examples, features, maps, classes, run_dir, history,
-                                     callbacks)
+                                     callbacks, tag)
         del maps
         timings.update({f"partial_{key}": value for key, value in partial.timings.items()})
         timings["partial_fine_tune"] = time.perf_counter() - tick
@@ -985,7 +994,7 @@ def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir
             examples, features = examples.keep(rows), {key: value[rows] for key, value in features.items()}
         phase1_accuracy = head_val_accuracy(head, examples, features)
         model, unreadable = fine_tune(config, extractor, head, examples, val_images, phase1_accuracy, classes,
-                                      run_dir, history, callbacks, progress)
+                                      run_dir, history, callbacks, progress, tag)
         skipped += unreadable
         timings["fine_tune"] = time.perf_counter() - tick
     else:
@@ -1069,20 +1078,14 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
         history: dict[str, list] = {}
         members = []
         for index, member_config in enumerate(configs):
-            # Members after the first keep their own history and timings, merged under their name.
+            # Members after the first record their history and timings under their name.
             tag = "" if index == 0 else f"member{index} "
-            member_history = history if index == 0 else {}
             member_timings: dict[str, float] = {}
-            member = _train_member(member_config, examples, len(class_names), run_dir, member_history,
-                                   member_timings, callbacks, progress, ray)
+            member = _train_member(member_config, examples, len(class_names), run_dir, history,
+                                   member_timings, callbacks, progress, ray, tag)
             members.append(member)
             skipped += [item for item in member.skipped if item not in skipped]
             timings.update({tag + key: value for key, value in member_timings.items()})
-            if index:
-                for key, values in member_history.items():
-                    history.setdefault(key, []).extend(
-                        [tag + value for value in values] if key == "phase" else values)
-                atomic_write_json(run_dir / HISTORY_NAME, history)
         examples, model, probabilities, val_images = _combine_members(members)
         unknown_threshold, threshold_rule = choose_threshold(config, probabilities, examples.labels[examples.val])
         coverage_rows, coverage_paths = write_coverage_report(run_dir, probabilities, examples.labels[examples.val],

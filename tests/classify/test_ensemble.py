@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("keras")
+keras = pytest.importorskip("keras")
 
 from detcrop.classify.bundle import load_bundle, resize_images  # noqa: E402
 from detcrop.classify.training import member_configs, resolve_ensemble, train  # noqa: E402
@@ -20,7 +20,17 @@ from test_classify_training import make_dataset, quick_config  # noqa: E402
 def test_an_ensemble_bundle_averages_its_members_and_reproduces_its_val_metrics(tmp_path):
     dataset = make_dataset(tmp_path / "data", per_class=8)
     config = quick_config(tmp_path, input_size=40, ensemble="scratch", epochs=3)
-    result = train(dataset, tmp_path / "run", config, progress=False)
+    seen = []  # the phases history.json held at each epoch's end, while training ran
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            path = tmp_path / "run" / "history.json"
+            seen.append(json.loads(path.read_text())["phase"] if path.exists() else [])
+
+    result = train(dataset, tmp_path / "run", config, progress=False, callbacks=[Snapshot()])
+    # While the second member trains, the file keeps the first member's rows beside its own.
+    assert any("head" in phases and "member1 head" in phases for phases in seen)
+    assert (tmp_path / "run" / "logs" / "head").is_dir() and (tmp_path / "run" / "logs" / "member1-head").is_dir()
 
     bundle = load_bundle(tmp_path / "run")
     assert bundle.metadata.backbone == "scratch+scratch" and bundle.input_size == 40
