@@ -48,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from detcrop.classify.bundle import resize_images
     from detcrop.classify.features import build_feature_model
-    from detcrop.data.images import is_image_path, load_image_array
+    from detcrop.data.folders import expand_image_paths
+    from detcrop.data.images import load_image_array
 
-    photos = sorted(path for path in (SHARED / "watches-brands").rglob("*") if is_image_path(path))
+    photos = expand_image_paths([SHARED / "watches-brands"])
     paths = photos[::97][:args.batch]
     if len(paths) < args.batch:
         print(f"need {args.batch} photos under {SHARED / 'watches-brands'}", file=sys.stderr)

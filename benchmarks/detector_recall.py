@@ -19,7 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from detcrop.data.images import ImageError, is_image_path, load_image_array  # noqa: E402
+from detcrop.data.folders import expand_image_paths  # noqa: E402
+from detcrop.data.images import ImageError, load_image_array  # noqa: E402
 from detcrop.detect.base import load_detector  # noqa: E402
 from detcrop.detect.crop import CropConfig, crop_detections  # noqa: E402
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     hits: dict[str, dict[float, int]] = {}
     counts: dict[str, int] = {}
     for title, folder in FOLDERS.items():
-        photos = sorted(path for path in folder.rglob("*") if path.is_file() and is_image_path(path))
+        photos = expand_image_paths([folder])
         hits[title] = {threshold: 0 for threshold in THRESHOLDS}
         counts[title] = 0
         for path in photos:
