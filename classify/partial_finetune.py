@@ -194,7 +194,8 @@ def _train_dataset(views: np.ndarray, labels: np.ndarray, classes: int, settings
     `views` holds every view of each example (`_stacked_views`: row v * len(labels) + i is view v of example i).
     The stream repeats, reshuffled on each pass: fit it with ``steps_per_epoch`` = one pass. Keras makes a
     new iterator per epoch over a finite dataset, and on 2 cores that often stalled the next epoch's
-    start for about 10 s with both cores idle (about half the epochs; README).
+    start for about 10 s with both cores idle (about half the epochs; README); tf.data's autotuning,
+    off here (`steady_stream`), made the end of a fit wait the same way.
     """
     import tensorflow as tf
 
@@ -236,7 +237,9 @@ def _train_dataset(views: np.ndarray, labels: np.ndarray, classes: int, settings
             return maps, target, weight
 
         data = data.map(mix)
-    return data.repeat().prefetch(2)
+    from detcrop.classify.training import steady_stream  # training imports this module lazily too
+
+    return steady_stream(data.repeat().prefetch(2))
 
 
 def trained_weights(upper, head) -> tuple[list, list]:

@@ -359,6 +359,21 @@ def class_weights(labels: np.ndarray, classes: int) -> dict[int, float]:
     return {index: float(weight) for index, weight in enumerate(weights)}
 
 
+def steady_stream(data):
+    """`data` with tf.data's autotuning off: what every stream `fit` reads here goes through.
+
+    With autotuning on, ending a fit (and, before the partial fine-tuning stream repeated,
+    starting each epoch) often waited 10-20 s with both cores idle: 3 of 6 short back-to-back
+    fits waited 17-22 s after their last epoch, none with autotuning off, at the same speed per
+    epoch (README, "The stall fix"). These streams set their own map and prefetch sizes.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return data.with_options(options)
+
+
 def _epoch_batches(inputs: np.ndarray, targets: np.ndarray, batch_size: int, seed: int, epochs: int,
                    initial_epoch: int = 0, transform: Callable | None = None):
     """A tf.data stream of `epochs - initial_epoch` epochs; epoch e is shuffled by ``rng([seed, e])``.
@@ -377,14 +392,14 @@ def _epoch_batches(inputs: np.ndarray, targets: np.ndarray, batch_size: int, see
               .map(lambda rows: (tf.gather(inputs_t, rows), tf.gather(targets_t, rows))))
     if transform is not None:
         stream = stream.map(transform)
-    return stream.prefetch(2), -(-len(targets) // batch_size)
+    return steady_stream(stream.prefetch(2)), -(-len(targets) // batch_size)
 
 
 def _in_order_batches(inputs: np.ndarray, targets: np.ndarray, batch_size: int, transform: Callable | None = None):
     import tensorflow as tf
 
     stream = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(batch_size)
-    return stream.map(transform) if transform is not None else stream
+    return steady_stream(stream.map(transform) if transform is not None else stream)
 
 
 class EpochLog:
