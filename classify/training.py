@@ -99,7 +99,7 @@ class TrainConfig:
     partial_learning_rate: float = 5e-4  # peak Adam learning rate of partial fine-tuning (one warm-up epoch); 5e-4 beat 1e-4 on val
     partial_shift: int = 1  # augmentation: random shift of the cached maps by up to this many cells
     partial_mixup: float = 0.0  # augmentation: mixup Beta(a, a) on the cached maps (0 = off)
-    refit: bool = False  # after partial fine-tuning was measured on val, train it again on train + val (same settings, last epoch) for the bundle; the val figures stay the validated run's (on in --preset best: +0.019 held-back F1 on watches-brands, mean of two runs each, for about 1.6x the time)
+    refit: bool = False  # after partial fine-tuning was measured on val, train it again on train + val (same settings, last epoch) for the bundle; the val figures stay the validated run's (on in --preset best: +0.019 held-back F1 on watches-brands, mean of two runs each, for about 1.7x the time)
     partial_zoom: float = 0.0  # augmentation: also cache the maps of each image's centred crop keeping this share of each side (and its mirror), a view training picks at random (0 = off)
     fine_tune_layers: int = 0  # unfreeze this many top layers of the base for phase 2 (0 = no phase 2)
     fine_tune_epochs: int = 6  # most phase-2 epochs
@@ -161,7 +161,7 @@ PRESETS: dict[str, dict] = {
     # One frozen base and a head on cached features: the quickest (the recipe before partial fine-tuning).
     "fast": {"train_from": "", "ensemble": "", "input_size": 320},
     "default": {},
-    # The best measured recipe that trains 3,000 photos in at most 30 minutes on 2 CPU cores (about 17.5):
+    # The best measured recipe that trains 3,000 photos in at most 30 minutes on 2 CPU cores (about 16.5):
     # the default's members, each refit on train + val after its val figures (held-back F1 0.810 / 0.804
     # against 0.794 / 0.795 for the three members at 260 px that were `best` before; README).
     "best": {"backbone": "efficientnet-lite0", "input_size": 224, "ensemble": "efficientnet-lite2",

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
                         help="recipe: 'fast' = frozen base + head on cached features at 320 px; 'default' = partial "
                         "fine-tuning at 224 px; 'best' = the best measured recipe (the default, then refit on "
-                        "train + val: about 1.6x slower); flags and --config override it")
+                        "train + val: about 1.7x slower); flags and --config override it")
     parser.add_argument("--config", metavar="JSON", help="file of TrainConfig keys (e.g. a run's config.json); "
                         "flags override it")
     add_config_arguments(parser, TrainConfig, FLAG_ALIASES)
