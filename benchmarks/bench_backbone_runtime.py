@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from detcrop.data.folders import expand_image_paths
     from detcrop.data.images import load_image_array
 
-    photos = expand_image_paths([SHARED / "watches-brands"])
+    folder = SHARED / "watches-brands"
+    photos = expand_image_paths([folder]) if folder.is_dir() else []
     paths = photos[::97][:args.batch]
     if len(paths) < args.batch:
         print(f"need {args.batch} photos under {SHARED / 'watches-brands'}", file=sys.stderr)

@@ -1101,6 +1101,8 @@ def train(dataset_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Tr
             members.append(member)
             skipped += [item for item in member.skipped if item not in skipped]
             timings.update({tag + key: value for key, value in member_timings.items()})
+        # Each epoch rewrote it; rows a resumed fine-tuning restored without running an epoch still need writing.
+        atomic_write_json(run_dir / HISTORY_NAME, history)
         examples, model, probabilities, val_images = _combine_members(members)
         unknown_threshold, threshold_rule = choose_threshold(config, probabilities, examples.labels[examples.val])
         coverage_rows, coverage_paths = write_coverage_report(run_dir, probabilities, examples.labels[examples.val],
