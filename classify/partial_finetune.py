@@ -50,8 +50,9 @@ logger = logging.getLogger(__name__)
 
 #: Bumped when the way activations are computed changes (invalidates every cache folder).
 ACTIVATION_VERSION = 1
-#: Where `TrainConfig(train_from="auto")` cuts each backbone (chosen on watches-brands' val split; README).
-DEFAULT_CUTS = {f"efficientnet-lite{index}": "block6b" for index in range(3)}
+#: Where `TrainConfig(train_from="auto")` cuts each backbone (watches-brands' val split; README): block6b, and
+#: Lite2 from block6c (as good on val as earlier cuts, 20% faster per epoch: with it the refit default fits 15 minutes).
+DEFAULT_CUTS = {"efficientnet-lite0": "block6b", "efficientnet-lite1": "block6b", "efficientnet-lite2": "block6c"}
 
 
 def default_activation_cache_dir() -> Path:

@@ -95,6 +95,8 @@ def test_partial_fine_tuning_changes_the_base_only_when_it_wins(tmp_path):
     saved = next(layer for layer in model.layers if layer.name == "scratch").get_layer("conv2").get_weights()[0]
     fresh = build_base("scratch", 32, None, seed=0)[0].get_layer("conv2").get_weights()[0]
     history = json.loads((tmp_path / "run" / "history.json").read_text())
+    # With partial fine-tuning after it, the head ran partial_head_epochs (20), not epochs (30; no early stop).
+    assert history["phase"].count("head") == 20
     head_best = max(acc for acc, phase in zip(history["val_accuracy"], history["phase"]) if phase == "head")
     partial_best = max(acc for acc, phase in zip(history["val_accuracy"], history["phase"]) if phase == "partial")
     if partial_best > head_best:

@@ -50,6 +50,10 @@ def test_presets_and_their_overrides():
 
     assert resolve_train_from(make_train_config()) == "block6b"
     assert resolve_ensemble(make_train_config()) == "efficientnet-lite2"
+    # The default: Lite0 from block6b, Lite2 from block6c, both refit, the head at most 20 epochs before.
+    assert [(item.backbone, resolve_train_from(item), item.refit, item.partial_head_epochs)
+            for item in member_configs(make_train_config())] == [
+        ("efficientnet-lite0", "block6b", True, 20), ("efficientnet-lite2", "block6c", True, 20)]
     assert resolve_train_from(make_train_config(preset="fast")) == ""
     assert resolve_ensemble(make_train_config(preset="fast")) == ""  # one frozen model
     assert resolve_train_from(make_train_config({"backbone": "scratch"})) == ""
@@ -57,10 +61,10 @@ def test_presets_and_their_overrides():
     best = make_train_config(preset="best")
     assert [(item.backbone, item.input_size) for item in member_configs(best)] == [
         ("efficientnet-lite0", 224), ("efficientnet-lite2", 224)]
-    # 12 partial epochs in both; `best` refits every member on train + val, the default does not.
-    assert make_train_config().partial_epochs == 12 and not make_train_config().refit
-    assert {(item.partial_epochs, item.refit, resolve_train_from(item)) for item in member_configs(best)} == {
-        (12, True, "block6b")}
+    # 12 partial epochs in both; `best` cuts Lite2 at block6b too and gives the head its full epochs.
+    assert make_train_config().partial_epochs == 12 and not make_train_config(preset="fast").refit
+    assert {(item.partial_epochs, item.refit, resolve_train_from(item), item.partial_head_epochs)
+            for item in member_configs(best)} == {(12, True, "block6b", 60)}
     assert make_train_config({"input_size": 64}, preset="best").input_size == 64  # flags win over the preset
     with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
         make_train_config(preset="fastest")
