@@ -165,11 +165,13 @@ def test_training_stream_repeats_and_each_epoch_is_one_pass_over_the_rows():
 
 def test_every_stream_fit_reads_runs_without_tf_data_autotuning():
     # With autotuning on, ending a fit often waited 10-20 s with both cores idle (README, "The stall fix").
+    from detcrop.classify.baseline.training import _dataset
     from detcrop.classify.partial_finetune import _train_dataset
     from detcrop.classify.training import _epoch_batches, _in_order_batches
 
     views = np.zeros((8, 2, 2, 3), np.float16)
     streams = {
+        "baseline": _dataset(np.zeros((4, 3, 3, 1), np.uint8), np.arange(4) % 2, 2, 0),
         "partial fine-tuning": _train_dataset(views, np.arange(4) % 2, 2, PartialSettings(train_from="conv2"), None),
         "head": _epoch_batches(np.zeros((4, 5), np.float32), np.eye(2, dtype=np.float32)[[0, 1, 0, 1]], 2, 0, 3)[0],
         "fine-tuning val": _in_order_batches(np.zeros((4, 5), np.float32), np.zeros((4, 2), np.float32), 2),
