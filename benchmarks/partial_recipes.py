@@ -60,22 +60,19 @@ def main() -> int:
     examples, features, _, _, maps = training.compute_features(examples, extractor, config, progress=True)
     classes, val_y = len(class_names), examples.labels[examples.val]
     upper = partial_finetune.split_at(extractor.base, train_from)[1]
-    base_weights = [layer.get_weights() for layer in upper.layers]
     tick = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:  # fit_head writes its history and TensorBoard logs there
         head = training.fit_head(config, examples, features, classes, Path(scratch), {})
-    head_seconds, head_weights = time.perf_counter() - tick, head.get_weights()
+    head_seconds = time.perf_counter() - tick
+    start = partial_finetune.trained_weights(upper, head)  # every recipe starts from the same base and head
+    untrained_head = training.build_head(features["orig"].shape[1], classes, config.dropout, config.seed,
+                                         config.hidden_units).get_weights()
 
     rows = []
     for name, recipe in json.loads(args.recipes).items():
         recipe = dict(recipe)
         fresh, flips = recipe.pop("head", "trained") == "fresh", recipe.pop("flips", True)
-        for layer, weights in zip(upper.layers, base_weights):
-            layer.set_weights(weights)
-        head = training.build_head(features["orig"].shape[1], classes, config.dropout, config.seed,
-                                   config.hidden_units)
-        if not fresh:
-            head.set_weights(head_weights)
+        partial_finetune.restore_weights(upper, head, (start[0], untrained_head if fresh else start[1]))
         settings = replace(partial_finetune.PartialSettings(train_from=train_from, epochs=config.partial_epochs,
                                                             learning_rate=config.partial_learning_rate,
                                                             shift=config.partial_shift), **recipe)

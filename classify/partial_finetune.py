@@ -27,7 +27,7 @@ Example (what `train` does with ``TrainConfig(train_from="block6a")``)::
 
     lower, upper, cut = activation_model(base, preprocessing, "block6a", 224)
     maps = extract_features(paths, sha256s, lower, ActivationCache(...), 224, ("orig", "flip")).features
-    features = {variant: pooled_features(upper, maps[variant]) for variant in maps}  # the frozen head's
+    features = pooled_features(upper, maps)  # the frozen head's, per view
     result = partial_fine_tune(upper, head, settings, maps, labels, train_rows, val_rows, classes)
 """
 
@@ -150,20 +150,25 @@ def activation_model(base, preprocessing, train_from: str, input_size: int):
     return keras.Model(inputs, lower(x, training=False), name="activations"), upper, cut_name
 
 
-def pooled_features(upper, maps: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The frozen base's pooled features from maps cached at the cut: ``pool(upper(maps))``, float32.
+def pooled_features(upper, maps: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The frozen base's pooled features from maps cached at the cut, per view: ``pool(upper(maps))``, float32.
 
     Only the blocks above the cut run, so features of a partial fine-tuning run cost a fraction
-    of a second forward pass through the whole base.
+    of a second forward pass through the whole base. One small model serves every view.
     """
     import keras
 
-    inputs = keras.Input(maps.shape[1:], name="maps")
+    first = next(iter(maps.values()))
+    inputs = keras.Input(first.shape[1:], name="maps")
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(upper(inputs, training=False))
     model = keras.Model(inputs, pooled, name="pooled_from_maps")
-    outputs = [np.asarray(model(maps[start:start + batch_size].astype(np.float32), training=False))
-               for start in range(0, len(maps), batch_size)]
-    return np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
+    features = {}
+    for view, arrays in maps.items():
+        outputs = [np.asarray(model(arrays[start:start + batch_size].astype(np.float32), training=False))
+                   for start in range(0, len(arrays), batch_size)]
+        features[view] = (np.concatenate(outputs).astype(np.float32) if outputs
+                          else np.zeros((0, model.output_shape[-1]), np.float32))
+    return features
 
 
 def _trainable_model(upper, head, map_shape):

@@ -348,7 +348,7 @@ def compute_features(examples: Examples, extractor: FeatureExtractor, config: Tr
         from detcrop.classify.partial_finetune import pooled_features
 
         maps = features
-        features = {variant: pooled_features(upper, maps[variant]) for variant in ("orig", "flip")}
+        features = pooled_features(upper, {variant: maps[variant] for variant in ("orig", "flip")})
     return examples, features, result.skipped, counts, maps
 
 

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("keras")
 
 from detcrop.classify.bundle import load_bundle
-from detcrop.classify.partial_finetune import (ActivationCache, PartialSettings, refit, restore_weights, split_at,
-                                               trained_weights)
+from detcrop.classify.partial_finetune import (ActivationCache, PartialSettings, pooled_features, refit,
+                                               restore_weights, split_at, trained_weights)
 from detcrop.classify.training import train
 from detcrop.data.config import ConfigError
 from detcrop.data.images import load_image_array
@@ -45,6 +45,24 @@ def test_lite0_cut_at_block6a_is_exact():
     images = np.random.default_rng(1).uniform(-1, 1, size=(2, 64, 64, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(upper(lower(images, training=False), training=False)),
                                np.asarray(base(images, training=False)), atol=1e-5)
+
+
+def test_pooled_features_are_the_frozen_base_pooled_for_every_view():
+    from detcrop.classify.backbones import build_base
+
+    base, _ = build_base("scratch", 32, None, seed=0)
+    lower, upper, _ = split_at(base, "conv2")
+    images = np.random.default_rng(2).normal(size=(5, 32, 32, 3)).astype(np.float32)
+    maps = {"orig": np.asarray(lower(images, training=False)),
+            "flip": np.asarray(lower(images[:, :, ::-1], training=False))}
+    features = pooled_features(upper, maps, batch_size=2)  # batches of 2, 2 and 1
+    assert set(features) == {"orig", "flip"}
+    for view, pixels in (("orig", images), ("flip", images[:, :, ::-1])):
+        expected = np.asarray(base(pixels, training=False)).mean(axis=(1, 2))
+        assert features[view].dtype == np.float32
+        np.testing.assert_allclose(features[view], expected, atol=1e-5)
+    empty = pooled_features(upper, {"orig": maps["orig"][:0]})["orig"]
+    assert empty.shape == (0, features["orig"].shape[1])
 
 
 def test_activation_cache_is_keyed_by_cut_and_stores_float16(tmp_path):
