@@ -106,6 +106,9 @@ class PartialResult:
     history: dict[str, list]
     val_probabilities: np.ndarray | None  # (len(val_rows), classes) of the kept model, flip-TTA averaged when asked
     timings: dict[str, float]
+    # Set by `training._partial_fine_tune` when the nearest-neighbour memory is on (classify.memory):
+    memory_features: dict[str, np.ndarray] | None = None  # validated weights: "orig" of every row, "val_flip"
+    bundle_features: np.ndarray | None = None  # the bundle's weights (after any refit): pooled "orig" of every row
 
 
 def split_at(base, train_from: str):
@@ -154,17 +157,21 @@ def pooled_features(upper, maps: dict[str, np.ndarray], batch_size: int = 64) ->
     """The frozen base's pooled features from maps cached at the cut, per view: ``pool(upper(maps))``, float32.
 
     Only the blocks above the cut run, so features of a partial fine-tuning run cost a fraction
-    of a second forward pass through the whole base. One small model serves every view.
+    of a second forward pass through the whole base. One small model, traced once, serves every
+    view (eager calls took 1.6x as long: 5.5 s against 3.1-3.4 s for 2,468 maps of Lite0 at `block6b`).
     """
     import keras
+
+    from detcrop.classify.features import compiled_forward
 
     first = next(iter(maps.values()))
     inputs = keras.Input(first.shape[1:], name="maps")
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(upper(inputs, training=False))
     model = keras.Model(inputs, pooled, name="pooled_from_maps")
+    forward = compiled_forward(model)
     features = {}
     for view, arrays in maps.items():
-        outputs = [np.asarray(model(arrays[start:start + batch_size].astype(np.float32), training=False))
+        outputs = [np.asarray(forward(arrays[start:start + batch_size].astype(np.float32)))
                    for start in range(0, len(arrays), batch_size)]
         features[view] = (np.concatenate(outputs).astype(np.float32) if outputs
                           else np.zeros((0, model.output_shape[-1]), np.float32))

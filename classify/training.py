@@ -102,6 +102,8 @@ class TrainConfig:
     partial_mixup: float = 0.0  # augmentation: mixup Beta(a, a) on the cached maps (0 = off)
     refit: bool = True  # after partial fine-tuning was measured on val, train it again on train + val (same settings, last epoch) for the bundle; the val figures stay the validated run's (+0.019 held-back F1 on watches-brands, mean of two runs each, for one more fine-tuning run per member; README)
     partial_zoom: float = 0.0  # augmentation: also cache the maps of each image's centred crop keeping this share of each side (and its mirror), a view training picks at random (0 = off)
+    memory_blend: float = 0.5  # share of the nearest-neighbour memory in each answer (every labelled image votes by cosine likeness of its features, classify.memory); 0 = the head alone. Added 0.013-0.019 val F1 to the default's ensemble on watches-brands (README). Not with fine_tune_layers
+    memory_temperature: float = 0.02  # softmax temperature of the memory's cosine similarities (lower = fewer, closer neighbours vote)
     fine_tune_layers: int = 0  # unfreeze this many top layers of the base for phase 2 (0 = no phase 2)
     fine_tune_epochs: int = 6  # most phase-2 epochs
     fine_tune_learning_rate: float = 1e-4  # Adam learning rate of phase 2 (low, to keep pretrained features)
@@ -133,6 +135,8 @@ class TrainConfig:
                                         self.partial_mixup)),
             (not (self.train_from not in ("", "auto") and self.fine_tune_layers), "train_from and fine_tune_layers "
              "are two ways to fine-tune; choose one", (self.train_from, self.fine_tune_layers)),
+            (0.0 <= self.memory_blend <= 1.0 and self.memory_temperature > 0, "memory_blend must be in [0, 1] "
+             "(0 = off) and memory_temperature > 0", (self.memory_blend, self.memory_temperature)),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)", self.label_smoothing),
             (self.hidden_units >= 0 and self.patience >= 1, "hidden_units must be >= 0 and patience >= 1",
              (self.hidden_units, self.patience)),
@@ -161,7 +165,7 @@ class TrainResult:
 #: them). "default" is TrainConfig itself; the README's held-back table measures each one.
 PRESETS: dict[str, dict] = {
     # One frozen base and a head on cached features: the quickest (the recipe before partial fine-tuning).
-    "fast": {"train_from": "", "ensemble": "", "input_size": 320, "refit": False},
+    "fast": {"train_from": "", "ensemble": "", "input_size": 320, "refit": False, "memory_blend": 0.0},
     # Lite0 + Lite2 partially fine-tuned at 224 px, each refit on train + val: about 14-14.6 minutes for 3,000 photos.
     "default": {},
     # The best measured recipe that trains 3,000 photos in at most 30 minutes on 2 CPU cores (about 16.5): the
@@ -807,8 +811,15 @@ def fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: 
 def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, examples: Examples,
                        features: dict[str, np.ndarray], maps: dict[str, np.ndarray], classes: int, run_dir: Path,
                        history: dict[str, list], callbacks: Sequence, tag: str = ""):
-    """Step 4 (default): the top of the base and the head on the cached maps; see classify.partial_finetune."""
-    from detcrop.classify.partial_finetune import PartialSettings, partial_fine_tune, refit, split_at, trained_weights
+    """Step 4 (default): the top of the base and the head on the cached maps; see classify.partial_finetune.
+
+    With the memory on (`TrainConfig.memory_blend`), the result also carries pooled features
+    under the validated weights (`memory_features`: every row's, and the val rows' mirrors when
+    `tta_flip`: what val is measured with) and under the bundle's (`bundle_features`: every row's,
+    after any refit).
+    """
+    from detcrop.classify.partial_finetune import (PartialSettings, partial_fine_tune, pooled_features, refit, split_at,
+                                                   trained_weights)
 
     settings = PartialSettings(
         train_from=resolve_train_from(config), epochs=config.partial_epochs,
@@ -825,6 +836,12 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
         callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, tag + "partial")], start=start,
         phase=tag + "partial", history_path=run_dir / HISTORY_NAME)
     watch.raise_if_cancelled(run_dir)
+    if config.memory_blend and result.improved:
+        tick = time.perf_counter()
+        views = {"orig": maps["orig"]} | ({"val_flip": maps["flip"][examples.val]} if config.tta_flip else {})
+        result.memory_features = pooled_features(upper, views)
+        result.bundle_features = result.memory_features["orig"]
+        result.timings["memory"] = time.perf_counter() - tick
     if config.refit and not result.improved:
         logger.info("refit skipped: partial fine-tuning did not beat the frozen head on val, which the bundle keeps")
     elif config.refit:
@@ -835,6 +852,10 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
             classes, start, history, phase=tag + "refit", history_path=run_dir / HISTORY_NAME,
             callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, tag + "refit")])
         watch.raise_if_cancelled(run_dir)
+        if config.memory_blend:
+            tick = time.perf_counter()
+            result.bundle_features = pooled_features(upper, {"orig": maps["orig"]})["orig"]
+            result.timings["memory"] += time.perf_counter() - tick
     return result
 
 
@@ -1024,8 +1045,39 @@ def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir
         probabilities = partial.val_probabilities  # the composed model's, from the cached val activations
     else:
         probabilities = predict_val(config, model, head, examples, features, val_images)
+    if config.memory_blend and val_images is None:  # not after full fine-tuning: its features are not at hand
+        tuned = partial is not None and partial.improved
+        memory = partial.memory_features if tuned else {
+            "orig": features["orig"]} | ({"val_flip": features["flip"][examples.val]} if config.tta_flip else {})
+        probabilities, model = _with_memory(config, extractor, head, examples, classes, probabilities, memory,
+                                            partial.bundle_features if tuned else features["orig"])
+    elif config.memory_blend:
+        logger.info("no nearest-neighbour memory after full fine-tuning (fine_tune_layers): the head answers alone")
     return Member(config.backbone, config.input_size, extractor.weights_source, model, examples, probabilities,
                   val_images, skipped, cache_counts, split, refit=config.refit and partial is not None and partial.improved)
+
+
+def _with_memory(config: TrainConfig, extractor: FeatureExtractor, head, examples: Examples, classes: int,
+                 probabilities: np.ndarray, validated: dict[str, np.ndarray],
+                 bundle_features: np.ndarray) -> tuple[np.ndarray, Any]:
+    """(val probabilities, composed model) with the nearest-neighbour memory blended in; see classify.memory.
+
+    On val, the train rows are the memory, all under the validated weights (`validated`: "orig",
+    pooled features of every row, and "val_flip", of the val rows' mirrors when `tta_flip`). The
+    bundle's memory holds the bundle's weights' features (`bundle_features`, every row) of the
+    train rows, and of the val rows too with `refit` (which trains the bundle on both).
+    """
+    from detcrop.classify.memory import blend_probabilities, blend_with_memory, memory_probabilities
+
+    train_rows, val_rows = examples.train, examples.val
+    queries = [validated["orig"][val_rows]] + ([validated["val_flip"]] if config.tta_flip else [])
+    from_memory = np.mean([memory_probabilities(query, validated["orig"][train_rows], examples.labels[train_rows],
+                                                classes, config.memory_temperature) for query in queries], axis=0)
+    blended = blend_probabilities(probabilities, from_memory, config.memory_blend)
+    rows = np.sort(np.concatenate([train_rows, val_rows])) if config.refit else train_rows
+    with_memory = blend_with_memory(head, bundle_features[rows], examples.labels[rows], classes,
+                                    config.memory_temperature, config.memory_blend)
+    return blended, compose_model(config.input_size, extractor.preprocessing, extractor.base, with_memory)
 
 
 def _combine_members(members: list[Member]):
