@@ -72,7 +72,8 @@ def test_train_remembers_the_train_images_and_val_too_with_refit(tmp_path, train
     dataset = make_dataset(tmp_path / "data", per_class=8)
     runs = {}
     for refit in (False, True):
-        config = quick_config(tmp_path, train_from=train_from, partial_epochs=2, epochs=2, refit=refit)
+        config = quick_config(tmp_path, train_from=train_from, partial_epochs=2, epochs=2, refit=refit,
+                              memory_blend=0.5)
         runs[refit] = train(dataset, tmp_path / f"run-{refit}", config, progress=False)
     split = json.loads((tmp_path / "run-False" / "split.json").read_text())
     assert _memory_rows(tmp_path / "run-False") == len(split["train"])
@@ -88,7 +89,7 @@ def test_train_remembers_the_train_images_and_val_too_with_refit(tmp_path, train
         assert mine["threshold"] == pytest.approx(reported["threshold"], abs=2e-4)
 
 
-def test_without_memory_the_bundle_is_the_head_alone(tmp_path):
+def test_by_default_the_bundle_is_the_head_alone(tmp_path):
     dataset = make_dataset(tmp_path / "data", per_class=6)
-    train(dataset, tmp_path / "run", quick_config(tmp_path, train_from="", epochs=2, memory_blend=0.0), progress=False)
+    train(dataset, tmp_path / "run", quick_config(tmp_path, train_from="", epochs=2), progress=False)
     assert all("memory" not in layer.name for layer in load_bundle(tmp_path / "run").model.layers)
