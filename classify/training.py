@@ -166,7 +166,7 @@ class TrainResult:
 PRESETS: dict[str, dict] = {
     # One frozen base and a head on cached features: the quickest (the recipe before partial fine-tuning).
     "fast": {"train_from": "", "ensemble": "", "input_size": 320, "refit": False},
-    # Lite0 + Lite2 partially fine-tuned at 224 px, each refit on train + val: about 14-14.6 minutes for 3,000 photos.
+    # Lite0 + Lite2 partially fine-tuned at 224 px, each refit on train + val: about 14.2-15.0 minutes for 3,000 photos.
     "default": {},
     # The best measured recipe that trains 3,000 photos in at most 30 minutes on 2 CPU cores (about 16.5): the
     # default's members with Lite2 cut at block6b like Lite0 and the head given its full epochs. Held-back F1
