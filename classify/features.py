@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
 from detcrop.data.cache import cache_dir
-from detcrop.data.images import ImageError, load_image_array
+from detcrop.data.images import ImageError, file_sha256, load_image_array
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,33 @@ class ArrayCache:
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(array, dtype=self.dtype), allow_pickle=False)
         atomic_write_bytes(self.path(sha256, variant), buffer.getvalue())
+
+    def _unreadable_path(self, sha256: str) -> Path:
+        return self.folder / f"{sha256}.unreadable.json"
+
+    def unreadable(self, sha256: str) -> str | None:
+        """Why these bytes could not be decoded, when this version of detcrop already tried; else None."""
+        try:
+            record = json.loads(self._unreadable_path(sha256).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("detcrop") != _detcrop_version():
+            return None  # another version may read them (a new format, other limits): try again
+        reason = record.get("reason")
+        return reason if isinstance(reason, str) else None
+
+    def put_unreadable(self, sha256: str, reason: str) -> None:
+        """Remember that the image with content `sha256` failed to decode (a message, never code)."""
+        atomic_write_json(self._unreadable_path(sha256), {"reason": reason, "detcrop": _detcrop_version()})
+
+
+def _detcrop_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("detcrop")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 class FeatureCache(ArrayCache):
@@ -235,7 +262,10 @@ def extract_features(
 
     Only the images without cached features go to `feature_pass` (default: a `LocalFeaturePass`
     of `feature_model`); what it computes is cached as it arrives, so an interrupted pass resumes.
-    Images that fail to load are skipped and reported in `FeatureResult.skipped`.
+    Images that fail to load are skipped and reported in `FeatureResult.skipped`. When the file
+    still holds the bytes of `sha256s` after failing, the failure is theirs: the cache remembers
+    it (`ArrayCache.put_unreadable`), so a rerun reports it again without starting a pass (for
+    the Ray pass, a Ray start-up) only to fail on it.
     """
     for variant in variants:
         parse_variant(variant)  # raises for an unknown name, before any work
@@ -243,13 +273,18 @@ def extract_features(
         raise ValueError(f"{len(paths)} paths but {len(sha256s)} hashes")
     found: dict[int, dict[str, np.ndarray]] = {}
     missing: list[int] = []
+    known_unreadable: list[tuple[str, str]] = []
     for index, sha256 in enumerate(sha256s):
         vectors = {variant: cache.get(sha256, variant) for variant in variants}
         if all(vector is not None for vector in vectors.values()):
             found[index] = vectors
+        elif (reason := cache.unreadable(sha256)) is not None:
+            known_unreadable.append((str(paths[index]), reason))
         else:
             missing.append(index)
-    result = FeatureResult(features={}, kept=[], cached=len(found))
+    result = FeatureResult(features={}, kept=[], cached=len(found), skipped=known_unreadable)
+    for path, reason in known_unreadable:
+        logger.warning("skipping %s: %s (as in an earlier pass over these bytes)", path, reason)
     if missing:
         logger.info("computing %s features for %d images (%d cached) into %s",
                     cache.identity["backbone"], len(missing), len(found), cache.folder)
@@ -260,6 +295,8 @@ def extract_features(
             if isinstance(outcome, str):
                 result.skipped.append((str(paths[index]), outcome))
                 logger.warning("skipping %s: %s", paths[index], outcome)
+                if _holds(paths[index], sha256s[index]):  # not a file that vanished or changed meanwhile
+                    cache.put_unreadable(sha256s[index], outcome)
             else:
                 found[index] = {variant: outcome[variant] for variant in variants}
                 for variant in variants:
@@ -274,3 +311,11 @@ def extract_features(
         else:
             result.features[variant] = np.zeros((0, int(feature_model.output_shape[-1])), dtype=np.float32)
     return result
+
+
+def _holds(path: str | os.PathLike, sha256: str) -> bool:
+    """Whether `path` is a file whose content hashes to `sha256` now."""
+    try:
+        return file_sha256(path) == sha256
+    except (OSError, ValueError):
+        return False

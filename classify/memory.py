@@ -35,7 +35,7 @@ def memory_probabilities(queries: np.ndarray, memory: np.ndarray, memory_labels:
     """(len(queries), classes): each query's label votes from `memory`, weighted by softmax(cosine / temperature).
 
     The numpy twin of the memory in `blend_with_memory`'s model (what `train` measures on val with
-    the train rows as memory, before the bundle's memory takes every labelled image).
+    the train rows as memory; the bundle's memory adds the val rows when the member was refit).
     """
     similarity = _unit_rows(np.asarray(queries, np.float64)) @ _unit_rows(np.asarray(memory, np.float64)).T
     weights = np.exp((similarity - similarity.max(axis=1, keepdims=True)) / temperature)

@@ -107,7 +107,7 @@ class PartialResult:
     val_probabilities: np.ndarray | None  # (len(val_rows), classes) of the kept model, flip-TTA averaged when asked
     timings: dict[str, float]
     # Set by `training._partial_fine_tune` when the nearest-neighbour memory is on (classify.memory):
-    memory_features: dict[str, np.ndarray] | None = None  # validated weights: "orig" of every row, "val_flip"
+    memory_features: dict[str, np.ndarray] | None = None  # validated weights: "orig" of every row, "val_flip" (flip TTA)
     bundle_features: np.ndarray | None = None  # the bundle's weights (after any refit): pooled "orig" of every row
 
 
@@ -157,8 +157,8 @@ def pooled_features(upper, maps: dict[str, np.ndarray], batch_size: int = 64) ->
     """The frozen base's pooled features from maps cached at the cut, per view: ``pool(upper(maps))``, float32.
 
     Only the blocks above the cut run, so features of a partial fine-tuning run cost a fraction
-    of a second forward pass through the whole base. One small model, traced once, serves every
-    view (eager calls took 1.6x as long: 5.5 s against 3.1-3.4 s for 2,468 maps of Lite0 at `block6b`).
+    of a second forward pass through the whole base. One small model, traced (not called eagerly),
+    serves every view (eager calls took 1.6x as long: 5.5 s against 3.1-3.4 s for 2,468 maps of Lite0 at `block6b`).
     """
     import keras
 

@@ -102,7 +102,7 @@ class TrainConfig:
     partial_mixup: float = 0.0  # augmentation: mixup Beta(a, a) on the cached maps (0 = off)
     refit: bool = True  # after partial fine-tuning was measured on val, train it again on train + val (same settings, last epoch) for the bundle; the val figures stay the validated run's (+0.019 held-back F1 on watches-brands, mean of two runs each, for one more fine-tuning run per member; README)
     partial_zoom: float = 0.0  # augmentation: also cache the maps of each image's centred crop keeping this share of each side (and its mirror), a view training picks at random (0 = off)
-    memory_blend: float = 0.0  # share of a nearest-neighbour memory in each answer (the train images, val too with refit, vote by the cosine likeness of their features; classify.memory); 0 = off, the head alone. At 0.5 it added 0.013-0.018 val F1 to the default's ensemble on watches-brands but nothing held back (0.803 / 0.801 against 0.802-0.812; README). Not with fine_tune_layers
+    memory_blend: float = 0.0  # share of a nearest-neighbour memory in each answer (the train images, val too with refit, vote by the cosine likeness of their features; classify.memory); 0 = off, the head alone. Val images join the memory only when the member was refit. At 0.5 it added 0.013-0.018 val F1 to the default's ensemble on watches-brands but nothing held back (0.803 / 0.801 against 0.802-0.812; README). Not with fine_tune_layers
     memory_temperature: float = 0.02  # softmax temperature of the memory's cosine similarities (lower = fewer, closer neighbours vote)
     fine_tune_layers: int = 0  # unfreeze this many top layers of the base for phase 2 (0 = no phase 2)
     fine_tune_epochs: int = 6  # most phase-2 epochs
@@ -137,6 +137,9 @@ class TrainConfig:
              "are two ways to fine-tune; choose one", (self.train_from, self.fine_tune_layers)),
             (0.0 <= self.memory_blend <= 1.0 and self.memory_temperature > 0, "memory_blend must be in [0, 1] "
              "(0 = off) and memory_temperature > 0", (self.memory_blend, self.memory_temperature)),
+            (not (self.memory_blend and self.fine_tune_layers), "memory_blend needs the features of a frozen or "
+             "partially fine-tuned base; it does not go with fine_tune_layers", (self.memory_blend,
+                                                                                self.fine_tune_layers)),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)", self.label_smoothing),
             (self.hidden_units >= 0 and self.patience >= 1, "hidden_units must be >= 0 and patience >= 1",
              (self.hidden_units, self.patience)),
@@ -237,6 +240,10 @@ class Examples:
             sha256s=tuple(self.sha256s[row] for row in rows),
             train=new_row[self.train][new_row[self.train] >= 0], val=new_row[self.val][new_row[self.val] >= 0],
         )
+
+    def labelled(self) -> np.ndarray:
+        """The train and val rows together, ascending (what a refit trains on)."""
+        return np.sort(np.concatenate([self.train, self.val]))
 
     def identity(self) -> str:
         """A digest of the rows, their content and the split (a fine-tuning backup must match it)."""
@@ -838,8 +845,7 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
     watch.raise_if_cancelled(run_dir)
     if config.memory_blend and result.improved:
         tick = time.perf_counter()
-        views = {"orig": maps["orig"]} | ({"val_flip": maps["flip"][examples.val]} if config.tta_flip else {})
-        result.memory_features = pooled_features(upper, views)
+        result.memory_features = pooled_features(upper, _memory_views(config, maps, examples))
         result.bundle_features = result.memory_features["orig"]
         result.timings["memory"] = time.perf_counter() - tick
     if config.refit and not result.improved:
@@ -848,7 +854,7 @@ def _partial_fine_tune(config: TrainConfig, extractor: FeatureExtractor, head, e
         # The recipe paid on val: the bundle gets it trained on every labelled image (val too).
         watch = _CancelWatch("refit")
         result.timings["refit"] = refit(
-            upper, head, settings, maps, examples.labels, np.sort(np.concatenate([examples.train, examples.val])),
+            upper, head, settings, maps, examples.labels, examples.labelled(),
             classes, start, history, phase=tag + "refit", history_path=run_dir / HISTORY_NAME,
             callbacks=[*callbacks, watch.callback(), tensorboard_callback(run_dir, tag + "refit")])
         watch.raise_if_cancelled(run_dir)
@@ -1022,9 +1028,8 @@ def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir
         del maps
         timings.update({f"partial_{key}": value for key, value in partial.timings.items()})
         timings["partial_fine_tune"] = time.perf_counter() - tick
-    if partial is not None and partial.improved:
-        model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
-    elif config.fine_tune_layers > 0:
+    model = None  # composed below from the head, unless full fine-tuning composed its own
+    if (partial is None or not partial.improved) and config.fine_tune_layers > 0:
         tick = time.perf_counter()
         # The val originals are loaded once: fine-tuning validates on them, the reports show them.
         val_images, kept, unreadable = load_images([examples.paths[row] for row in examples.val])
@@ -1038,34 +1043,37 @@ def _train_member(config: TrainConfig, examples: Examples, classes: int, run_dir
                                       run_dir, history, callbacks, progress, tag)
         skipped += unreadable
         timings["fine_tune"] = time.perf_counter() - tick
-    else:
-        model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
 
-    if partial is not None and partial.improved:
+    tuned = partial is not None and partial.improved
+    refit = config.refit and tuned  # the bundle's base and head were trained on train + val
+    if tuned:
         probabilities = partial.val_probabilities  # the composed model's, from the cached val activations
     else:
         probabilities = predict_val(config, model, head, examples, features, val_images)
-    if config.memory_blend and val_images is None:  # not after full fine-tuning: its features are not at hand
-        tuned = partial is not None and partial.improved
-        memory = partial.memory_features if tuned else {
-            "orig": features["orig"]} | ({"val_flip": features["flip"][examples.val]} if config.tta_flip else {})
-        probabilities, model = _with_memory(config, extractor, head, examples, classes, probabilities, memory,
-                                            partial.bundle_features if tuned else features["orig"])
-    elif config.memory_blend:
-        logger.info("no nearest-neighbour memory after full fine-tuning (fine_tune_layers): the head answers alone")
+    if config.memory_blend:  # TrainConfig refuses it with full fine-tuning, whose features are not at hand
+        probabilities, head = _with_memory(
+            config, head, examples, classes, probabilities,
+            partial.memory_features if tuned else _memory_views(config, features, examples),
+            partial.bundle_features if tuned else features["orig"], refit)
+    if model is None:
+        model = compose_model(config.input_size, extractor.preprocessing, extractor.base, head)
     return Member(config.backbone, config.input_size, extractor.weights_source, model, examples, probabilities,
-                  val_images, skipped, cache_counts, split, refit=config.refit and partial is not None and partial.improved)
+                  val_images, skipped, cache_counts, split, refit=refit)
 
 
-def _with_memory(config: TrainConfig, extractor: FeatureExtractor, head, examples: Examples, classes: int,
-                 probabilities: np.ndarray, validated: dict[str, np.ndarray],
-                 bundle_features: np.ndarray) -> tuple[np.ndarray, Any]:
-    """(val probabilities, composed model) with the nearest-neighbour memory blended in; see classify.memory.
+def _memory_views(config: TrainConfig, arrays: dict[str, np.ndarray], examples: Examples) -> dict[str, np.ndarray]:
+    """What the memory is measured with on val: "orig" of every row, and "val_flip" of the val rows with flip TTA."""
+    return {"orig": arrays["orig"]} | ({"val_flip": arrays["flip"][examples.val]} if config.tta_flip else {})
 
-    On val, the train rows are the memory, all under the validated weights (`validated`: "orig",
-    pooled features of every row, and "val_flip", of the val rows' mirrors when `tta_flip`). The
-    bundle's memory holds the bundle's weights' features (`bundle_features`, every row) of the
-    train rows, and of the val rows too with `refit` (which trains the bundle on both).
+
+def _with_memory(config: TrainConfig, head, examples: Examples, classes: int, probabilities: np.ndarray,
+                 validated: dict[str, np.ndarray], bundle_features: np.ndarray, refit: bool) -> tuple[np.ndarray, Any]:
+    """(val probabilities, the head with the memory beside it) with the nearest-neighbour memory blended in.
+
+    On val, the train rows are the memory, all under the validated weights (`validated`, see
+    `_memory_views`). The bundle's memory holds the bundle's weights' features (`bundle_features`,
+    every row) of the train rows, and of the val rows too when the member was `refit` (its base
+    and head trained on both); otherwise the bundle is exactly what val measured. See classify.memory.
     """
     from detcrop.classify.memory import blend_probabilities, blend_with_memory, memory_probabilities
 
@@ -1074,10 +1082,9 @@ def _with_memory(config: TrainConfig, extractor: FeatureExtractor, head, example
     from_memory = np.mean([memory_probabilities(query, validated["orig"][train_rows], examples.labels[train_rows],
                                                 classes, config.memory_temperature) for query in queries], axis=0)
     blended = blend_probabilities(probabilities, from_memory, config.memory_blend)
-    rows = np.sort(np.concatenate([train_rows, val_rows])) if config.refit else train_rows
-    with_memory = blend_with_memory(head, bundle_features[rows], examples.labels[rows], classes,
-                                    config.memory_temperature, config.memory_blend)
-    return blended, compose_model(config.input_size, extractor.preprocessing, extractor.base, with_memory)
+    rows = examples.labelled() if refit else train_rows
+    return blended, blend_with_memory(head, bundle_features[rows], examples.labels[rows], classes,
+                                      config.memory_temperature, config.memory_blend)
 
 
 def _combine_members(members: list[Member]):

@@ -311,3 +311,50 @@ def test_training_seeds_no_global_generator(tmp_path):
     random.seed(999)  # another caller state: the same seed in the config still gives the same run
     second = train(dataset, tmp_path / "two", quick_config(tmp_path, epochs=2), progress=False)
     assert second.history["loss"] == first.history["loss"]
+
+
+def test_an_undecodable_image_is_remembered_and_not_passed_again(tmp_path):
+    """A rerun reports the file without starting a feature pass for it (with Ray: no Ray start-up)."""
+    import json
+
+    from detcrop.classify.features import FeatureCache, LocalFeaturePass, build_feature_model, extract_features
+    from detcrop.data.images import file_sha256
+
+    dataset = make_dataset(tmp_path / "data", per_class=2, broken=True)
+    paths = sorted(dataset.rglob("*.*"))
+    sha256s = [file_sha256(path) for path in paths]
+    model, source, _, _ = build_feature_model("scratch", 32)
+    cache = FeatureCache(tmp_path / "cache", "scratch", 32, source)
+    passed: list[list[str]] = []
+
+    def feature_pass(batch, variants):
+        passed.append([str(path) for path in batch])
+        return LocalFeaturePass(model, 32)(batch, variants)
+
+    broken = str(dataset / "red" / "broken.jpg")
+    first = extract_features(paths, sha256s, model, cache, 32, progress=False, feature_pass=feature_pass)
+    assert [path for path, _ in first.skipped] == [broken] and broken in passed[0]
+    again = extract_features(paths, sha256s, model, cache, 32, progress=False, feature_pass=feature_pass)
+    assert again.skipped == first.skipped and len(passed) == 1  # no second pass at all
+    assert again.kept == first.kept and again.cached == len(paths) - 1
+    # A marker written by another version of detcrop (which may read the file) is not trusted.
+    marker = next(cache.folder.glob("*.unreadable.json"))
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {"detcrop": "0.0.0-other"}))
+    extract_features(paths, sha256s, model, cache, 32, progress=False, feature_pass=feature_pass)
+    assert passed[-1] == [broken]
+
+
+def test_a_file_that_changed_since_it_was_hashed_is_not_marked_unreadable(tmp_path):
+    from detcrop.classify.features import FeatureCache, build_feature_model, extract_features
+    from detcrop.data.images import file_sha256
+
+    dataset = make_dataset(tmp_path / "data", per_class=1, broken=True)
+    paths = sorted(dataset.rglob("*.*"))
+    sha256s = [file_sha256(path) for path in paths]
+    broken = paths.index(dataset / "red" / "broken.jpg")
+    sha256s[broken] = "0" * 64  # the bytes hashed before are not the bytes there now
+    model, source, _, _ = build_feature_model("scratch", 32)
+    cache = FeatureCache(tmp_path / "cache", "scratch", 32, source)
+    result = extract_features(paths, sha256s, model, cache, 32, progress=False)
+    assert [path for path, _ in result.skipped] == [str(paths[broken])]
+    assert not list(cache.folder.glob("*.unreadable.json")) and cache.unreadable("0" * 64) is None

@@ -55,20 +55,37 @@ def test_a_memory_needs_one_label_per_row():
         blend_with_memory(build_head(8, 3, 0.5, 0), memory, labels[:-1], 3, 0.02, 0.5)
 
 
-@pytest.mark.parametrize("overrides", [{"memory_blend": 1.5}, {"memory_blend": -0.1}, {"memory_temperature": 0.0}])
-def test_bad_memory_settings_are_refused(tmp_path, overrides):
-    with pytest.raises(ConfigError, match="memory_blend must be in"):
+@pytest.mark.parametrize("overrides, message", [
+    ({"memory_blend": 1.5}, "memory_blend must be in"), ({"memory_blend": -0.1}, "memory_blend must be in"),
+    ({"memory_temperature": 0.0}, "memory_blend must be in"),
+    ({"memory_blend": 0.5, "fine_tune_layers": 3, "train_from": "auto"}, "does not go with fine_tune_layers")])
+def test_bad_memory_settings_are_refused(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
         quick_config(tmp_path, **overrides)
 
 
-def _memory_rows(run_dir) -> int:
+def _memory_kernel(run_dir) -> np.ndarray:
+    """The bundle's memory: (features, remembered images), unit rows over the temperature."""
     model = load_bundle(run_dir).model
     return next(layer for layer in model.layers if layer.name == "head_and_memory") \
-        .get_layer("memory_similarity").get_weights()[0].shape[1]
+        .get_layer("memory_similarity").get_weights()[0]
+
+
+def _pooled(run_dir, paths) -> np.ndarray:
+    """The bundle's own pooled features of `paths`, from pixels."""
+    import keras
+
+    model = load_bundle(run_dir).model
+    pooled = keras.Model(model.input, model.get_layer("pool").output)
+    return np.concatenate([np.asarray(pooled(load_image_array(path)[None].astype(np.float32))) for path in paths])
 
 
 @pytest.mark.parametrize("train_from", ["", "conv2"])
-def test_train_remembers_the_train_images_and_val_too_with_refit(tmp_path, train_from):
+def test_train_remembers_the_train_images_and_val_too_when_refit(tmp_path, monkeypatch, train_from):
+    from detcrop.classify import training
+
+    # Partial fine-tuning always wins here, so that its memory (and its refit) is what gets tested.
+    monkeypatch.setattr(training, "head_val_accuracy", lambda *args: -1.0)
     dataset = make_dataset(tmp_path / "data", per_class=8)
     runs = {}
     for refit in (False, True):
@@ -76,17 +93,27 @@ def test_train_remembers_the_train_images_and_val_too_with_refit(tmp_path, train
                               memory_blend=0.5)
         runs[refit] = train(dataset, tmp_path / f"run-{refit}", config, progress=False)
     split = json.loads((tmp_path / "run-False" / "split.json").read_text())
-    assert _memory_rows(tmp_path / "run-False") == len(split["train"])
-    assert _memory_rows(tmp_path / "run-True") == len(split["train"]) + len(split["val"])
+    refit_members = runs[True].metrics["refit"]
+    assert refit_members == (["scratch"] if train_from else [])  # a frozen head is never refit
+    assert _memory_kernel(tmp_path / "run-False").shape[1] == len(split["train"])
+    remembered = sorted(split["train"] + (split["val"] if refit_members else []))
+    kernel = _memory_kernel(tmp_path / "run-True")
+    assert kernel.shape[1] == len(remembered)
+    # The memory is the bundle's own features of those images (after the refit, when there was one).
+    expected = _pooled(tmp_path / "run-True", remembered)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    cosine = (kernel.T / np.linalg.norm(kernel.T, axis=1, keepdims=True) * expected).sum(axis=1)
+    assert cosine.min() > 0.999, cosine.min()
     # Without refit the bundle is the validated model, memory included: it reproduces the val figures.
     bundle = load_bundle(tmp_path / "run-False")
     images = [load_image_array(path) for path in split["val"]]
     labels = np.array([bundle.class_names.index(path.split("/")[-2]) for path in split["val"]])
     probabilities = bundle.predict(images)
     assert float((probabilities.argmax(1) == labels).mean()) == pytest.approx(runs[False].metrics["accuracy"])
-    # The coverage table's thresholds are val confidences: the reported ones are the bundle's, memory blended in.
+    # The coverage table's thresholds are val confidences: the reported ones are the bundle's, memory blended in
+    # (val was scored from cached float16 maps, the bundle from pixels: a little rounding apart).
     for mine, reported in zip(coverage_table(probabilities, labels), runs[False].metrics["coverage"]):
-        assert mine["threshold"] == pytest.approx(reported["threshold"], abs=2e-4)
+        assert mine["threshold"] == pytest.approx(reported["threshold"], abs=1e-3)
 
 
 def test_by_default_the_bundle_is_the_head_alone(tmp_path):

@@ -63,13 +63,20 @@ def test_ray_feature_pass_fills_the_local_cache_and_resumes(shared_data, tmp_pat
         [str(dataset / "omega" / "broken.jpg")]
     assert (tmp_path / "run-ray" / "model.keras").is_file()
 
-    # Resumable: a second run through the CLI finds every feature in the cache and computes none
-    # (only the broken file, which has no cache entry, goes to Ray again).
+    # Resumable: a second run through the CLI finds every feature in the cache and computes none;
+    # the broken file is remembered as undecodable, so Ray does not even start.
+    import detcrop.classify.ray_features as ray_features
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a rerun with every image cached or known unreadable started Ray")
+
+    monkeypatch.setattr(ray_features, "ray_session", no_ray)
     assert main(["train", str(dataset), "--out", str(tmp_path / "run-ray"), "--backbone", "scratch",
                  "--input-size", "32", "--epochs", "1", "--cache-dir", str(tmp_path / "cache-ray"), "--engine", "ray",
                  "--ray-workers", "2", "--train-from", train_from, "--partial-epochs", "1", "-q"]) == 0
     metrics = json.loads((tmp_path / "run-ray" / "metrics.json").read_text())
     assert metrics["feature_cache"]["computed"] == 0 and metrics["feature_cache"]["cached"] == 30
+    assert [item["path"] for item in metrics["skipped"]] == [str(dataset / "omega" / "broken.jpg")]
 
 
 @pytest.mark.shared
