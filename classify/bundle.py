@@ -16,7 +16,6 @@ the target size is exactly the identity, so the result equals a per-image call.
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 import os
 import tempfile
 from dataclasses import dataclass, field, fields
@@ -26,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from detcrop.data.atomic import atomic_write_json, current_umask
+from detcrop.data.packages import distribution_version
 from detcrop.data.config import read_json_object
 from detcrop.data.errors import DetcropError, MissingFileError
 from detcrop.data.layout import BUNDLE_NAME, INCOMPLETE_NAME, MODEL_NAME
@@ -40,13 +40,9 @@ RESIZE_LAYER_NAME = "resize"
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a bundle depends on (tf, keras, numpy, detcrop)."""
-    versions = {}
-    for key, distribution in (("tf", "tensorflow"), ("keras", "keras"), ("numpy", "numpy"), ("detcrop", "detcrop")):
-        try:
-            versions[key] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            versions[key] = "not installed"
-    return versions
+    return {key: distribution_version(distribution)
+            for key, distribution in (("tf", "tensorflow"), ("keras", "keras"), ("numpy", "numpy"),
+                                      ("detcrop", "detcrop"))}
 
 
 def resize_layer(input_size: int):

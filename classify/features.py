@@ -25,6 +25,7 @@ from tqdm import tqdm
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
 from detcrop.data.cache import cache_dir
 from detcrop.data.images import ImageError, file_sha256, load_image_array
+from detcrop.data.packages import distribution_version
 
 logger = logging.getLogger(__name__)
 
@@ -115,23 +116,15 @@ class ArrayCache:
             record = json.loads(self._unreadable_path(sha256).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict) or record.get("detcrop") != _detcrop_version():
+        if not isinstance(record, dict) or record.get("detcrop") != distribution_version("detcrop"):
             return None  # another version may read them (a new format, other limits): try again
         reason = record.get("reason")
         return reason if isinstance(reason, str) else None
 
     def put_unreadable(self, sha256: str, reason: str) -> None:
         """Remember that the image with content `sha256` failed to decode (a message, never code)."""
-        atomic_write_json(self._unreadable_path(sha256), {"reason": reason, "detcrop": _detcrop_version()})
-
-
-def _detcrop_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("detcrop")
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+        atomic_write_json(self._unreadable_path(sha256),
+                          {"reason": reason, "detcrop": distribution_version("detcrop")})
 
 
 class FeatureCache(ArrayCache):

@@ -102,7 +102,7 @@ class TrainConfig:
     partial_mixup: float = 0.0  # augmentation: mixup Beta(a, a) on the cached maps (0 = off)
     refit: bool = True  # after partial fine-tuning was measured on val, train it again on train + val (same settings, last epoch) for the bundle; the val figures stay the validated run's (+0.019 held-back F1 on watches-brands, mean of two runs each, for one more fine-tuning run per member; README)
     partial_zoom: float = 0.0  # augmentation: also cache the maps of each image's centred crop keeping this share of each side (and its mirror), a view training picks at random (0 = off)
-    memory_blend: float = 0.0  # share of a nearest-neighbour memory in each answer (the train images, val too with refit, vote by the cosine likeness of their features; classify.memory); 0 = off, the head alone. Val images join the memory only when the member was refit. At 0.5 it added 0.013-0.018 val F1 to the default's ensemble on watches-brands but nothing held back (0.803 / 0.801 against 0.802-0.812; README). Not with fine_tune_layers
+    memory_blend: float = 0.0  # share of a nearest-neighbour memory in each answer (the train images vote by the cosine likeness of their features; classify.memory); 0 = off, the head alone. Val images join the memory only when the member was refit. At 0.5 it added 0.013-0.018 val F1 to the default's ensemble on watches-brands but nothing held back (0.803 / 0.801 against 0.802-0.812; README). Not with fine_tune_layers
     memory_temperature: float = 0.02  # softmax temperature of the memory's cosine similarities (lower = fewer, closer neighbours vote)
     fine_tune_layers: int = 0  # unfreeze this many top layers of the base for phase 2 (0 = no phase 2)
     fine_tune_epochs: int = 6  # most phase-2 epochs

@@ -8,6 +8,14 @@ from pathlib import Path, PurePosixPath
 from detcrop.data.errors import MissingFileError
 
 
+def distribution_version(distribution_name: str) -> str:
+    """The installed version of `distribution_name`, or "not installed"."""
+    try:
+        return importlib.metadata.version(distribution_name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def find_distribution_file(distribution_name: str, file_name: str, what: str) -> Path:
     """The installed file of `distribution_name` whose name (or path suffix) is `file_name`.
 
