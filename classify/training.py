@@ -79,7 +79,7 @@ class TrainingCancelled(DetcropError):
 class TrainConfig:
     """Defaults of `detcrop train`; every field is a CLI flag or a key of a --config JSON."""
 
-    backbone: str = "efficientnet-lite0"  # registry name: efficientnet-lite0, densenet121, mobilenetv2, scratch
+    backbone: str = "efficientnet-lite0"  # registry name: efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, densenet121, mobilenetv2, scratch
     weights: str = ""  # "" = the backbone's default (package / imagenet / none), or a local weights file
     input_size: int = 224  # side of the square the backbone sees (resized in the graph); with partial fine-tuning 224 fits 15 min for 3,000 photos on 2 cores (a frozen head gained ~0.04 F1 from 320: preset fast)
     epochs: int = 60  # most head epochs on cached features (early stopping usually ends sooner)
@@ -95,10 +95,10 @@ class TrainConfig:
     tta_flip: bool = True  # at prediction, average the image's and its mirror's probabilities
     class_weights: bool = True  # weight the loss by inverse class frequency (imbalanced data)
     label_smoothing: float = 0.1  # softens one-hot targets; helps calibration on small data
-    train_from: str = "auto"  # partial fine-tuning: train the base from this block up (e.g. block6a) on activations cached at that cut; "auto" = the backbone's measured cut (block6b for EfficientNet-Lite, none for others or with fine_tune_layers), "" = off; classify.partial_finetune
+    train_from: str = "auto"  # partial fine-tuning: train the base from this block up (e.g. block6a) on activations cached at that cut; "auto" = the backbone's measured cut (block6b for EfficientNet-Lite0 and Lite1, block6c for Lite2; none for others or with fine_tune_layers), "" = off; classify.partial_finetune
     partial_epochs: int = 12  # epochs of partial fine-tuning (cosine schedule over all of them); 12 beat 8 by 0.016 val F1 on average on watches-brands (README)
     partial_learning_rate: float = 5e-4  # peak Adam learning rate of partial fine-tuning (one warm-up epoch); 5e-4 beat 1e-4 on val
-    partial_shift: int = 1  # augmentation: random shift of the cached maps by up to this many cells
+    partial_shift: int = 1  # augmentation: random shift of the cached maps by up to this many cells (at 224 px one cell is 32 px of input at block6b/6c, 16 px at block6a)
     partial_mixup: float = 0.0  # augmentation: mixup Beta(a, a) on the cached maps (0 = off)
     refit: bool = True  # after partial fine-tuning was measured on val, train it again on train + val (same settings, last epoch) for the bundle; the val figures stay the validated run's (+0.019 held-back F1 on watches-brands, mean of two runs each, for one more fine-tuning run per member; README)
     partial_zoom: float = 0.0  # augmentation: also cache the maps of each image's centred crop keeping this share of each side (and its mirror), a view training picks at random (0 = off)
