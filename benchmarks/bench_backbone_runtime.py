@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = expand_image_paths([folder]) if folder.is_dir() else []
     paths = photos[::97][:args.batch]
     if len(paths) < args.batch:
-        print(f"need {args.batch} photos under {SHARED / 'watches-brands'}", file=sys.stderr)
+        print(f"need {args.batch} photos under {folder}", file=sys.stderr)
         return 2
     batch = resize_images([load_image_array(path) for path in paths], args.size)
     model, source = build_feature_model(args.backbone, args.size)[:2]

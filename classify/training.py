@@ -1078,9 +1078,11 @@ def _with_memory(config: TrainConfig, head, examples: Examples, classes: int, pr
     from detcrop.classify.memory import blend_probabilities, blend_with_memory, memory_probabilities
 
     train_rows, val_rows = examples.train, examples.val
-    queries = [validated["orig"][val_rows]] + ([validated["val_flip"]] if config.tta_flip else [])
-    from_memory = np.mean([memory_probabilities(query, validated["orig"][train_rows], examples.labels[train_rows],
-                                                classes, config.memory_temperature) for query in queries], axis=0)
+    views = [validated["orig"][val_rows]] + ([validated["val_flip"]] if config.tta_flip else [])
+    # Every view's queries in one product with the memory (normalised once), then averaged per val row.
+    from_memory = memory_probabilities(np.concatenate(views), validated["orig"][train_rows],
+                                       examples.labels[train_rows], classes, config.memory_temperature)
+    from_memory = from_memory.reshape(len(views), len(val_rows), classes).mean(axis=0)
     blended = blend_probabilities(probabilities, from_memory, config.memory_blend)
     rows = examples.labelled() if refit else train_rows
     return blended, blend_with_memory(head, bundle_features[rows], examples.labels[rows], classes,
