@@ -93,6 +93,8 @@ class PartialSettings:
     learning_rate: float = 5e-4  # peak Adam learning rate, cosine decay to 0 after one warm-up epoch (partial_learning_rate)
     shift: int = 1  # random shift of the maps by up to this many cells (partial_shift)
     mixup: float = 0.0  # mixup Beta(a, a) parameter; 0 = off (partial_mixup)
+    batchnorm: bool = False  # BatchNorm trains too, as in ordinary fine-tuning: batch statistics while training,
+    # moving statistics that adapt to these images, scale and offset learnt (partial_batchnorm)
     batch_size: int = 32
     label_smoothing: float = 0.1
     class_weights: bool = True
@@ -181,15 +183,21 @@ def pooled_features(upper, maps: dict[str, np.ndarray], batch_size: int = 64) ->
     return features
 
 
-def _trainable_model(upper, head, map_shape):
-    """maps -> upper (BatchNorm in inference mode) -> pool -> head."""
+def _trainable_model(upper, head, map_shape, batchnorm: bool = False):
+    """maps -> upper -> pool -> head; BatchNorm frozen (inference mode) unless `batchnorm`.
+
+    A frozen Keras BatchNormalization always runs in inference mode. A trainable one follows the
+    outer model's training flag (Keras 3's functional models pass `fit`'s training=True down to every
+    layer, whatever the nested call said), so with `batchnorm` it normalises by batch statistics
+    while fitting and its moving statistics move towards these images', as in ordinary fine-tuning.
+    """
     import keras
 
     for layer in upper.layers:
-        # BatchNorm statistics were learnt on far more images than these; keep them.
-        layer.trainable = bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
+        # By default BatchNorm keeps the statistics learnt on far more images than these.
+        layer.trainable = bool(layer.weights) and (batchnorm or not isinstance(layer, keras.layers.BatchNormalization))
     inputs = keras.Input(map_shape, name="maps")
-    x = upper(inputs, training=False)
+    x = upper(inputs)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, head(x), name="partial")
 
@@ -275,7 +283,7 @@ def _compiled_run(upper, head, settings: PartialSettings, maps: dict[str, np.nda
     import keras
 
     rows_y = labels[rows]
-    model = _trainable_model(upper, head, maps["orig"].shape[1:])
+    model = _trainable_model(upper, head, maps["orig"].shape[1:], settings.batchnorm)
     sample_weights = None
     if settings.class_weights:
         from detcrop.classify.training import class_weights  # training imports this module lazily too

@@ -285,3 +285,25 @@ def test_a_callback_can_cancel_during_refit(tmp_path, monkeypatch):
         _refit_run(tmp_path, monkeypatch, -1.0, callbacks=[StopInRefit()])
     assert raised.value.phase == "refit" and raised.value.epoch == 0
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_batchnorm_stays_frozen_unless_asked_then_trains_as_in_ordinary_fine_tuning(batchnorm):
+    import keras
+
+    from detcrop.classify.backbones.efficientnet_lite import build_efficientnet_lite0
+    from detcrop.classify.training import build_head
+
+    upper = split_at(build_efficientnet_lite0((64, 64, 3), weights=None), "block6a")[1]
+    head = build_head(int(upper.output.shape[-1]), 3, 0.0, 0)
+    norms = [layer for layer in upper.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    convs = [layer for layer in upper.layers if isinstance(layer, keras.layers.Conv2D)]
+    before = {layer.name: [np.array(value) for value in layer.get_weights()] for layer in norms + convs}
+    rng = np.random.default_rng(0)
+    maps = {view: rng.normal(size=(8, 4, 4, 112)).astype(np.float16) for view in ("orig", "flip")}
+    settings = PartialSettings(train_from="block6a", epochs=1, learning_rate=1e-2, batch_size=4, batchnorm=batchnorm)
+    refit(upper, head, settings, maps, np.arange(8) % 3, np.arange(8), 3, trained_weights(upper, head))
+    for layer in norms:  # scale, offset, moving mean, moving variance: all move with it on, none without
+        moved = [not np.array_equal(now, then) for now, then in zip(layer.get_weights(), before[layer.name])]
+        assert moved == [batchnorm] * 4, (layer.name, moved)
+    assert all(not np.array_equal(layer.get_weights()[0], before[layer.name][0]) for layer in convs)
