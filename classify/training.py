@@ -602,7 +602,9 @@ def compose_model(input_size: int, preprocessing: list, base, head, augmentation
         x = layer(x)
     for layer in preprocessing:
         x = layer(x)
-    x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    # No training=False here: Keras 3 passes fit's training flag to every layer of a nested model whatever this
+    # call says. BatchNorm stays in inference mode when fine-tuning because `fine_tune` freezes it.
+    x = base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = head(x)
     return keras.Model(inputs, outputs, name="classifier")

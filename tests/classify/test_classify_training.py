@@ -96,10 +96,26 @@ def test_scratch_learns_colours(tmp_path):
 
 
 def test_fine_tune_phase_runs_and_cleans_its_backup(tmp_path):
+    import keras
+
+    seen = []
+
+    class BatchNormStatistics(keras.callbacks.Callback):
+        """Each fine-tune epoch's BatchNorm moving statistics in the base (scratch's start at 0 and 1)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.model.name == "classifier":  # the composed model: fine-tuning, not the head on features
+                seen.append([layer.get_weights()[2:] for layer in self.model.get_layer("scratch").layers
+                             if isinstance(layer, keras.layers.BatchNormalization)])
+
     dataset = make_dataset(tmp_path / "data", per_class=6)
     config = quick_config(tmp_path, epochs=2, fine_tune_layers=3, fine_tune_epochs=2)
-    result = train(dataset, tmp_path / "run", config, progress=False)
+    result = train(dataset, tmp_path / "run", config, progress=False, callbacks=[BatchNormStatistics()])
     assert result.history["phase"].count("fine-tune") == 2
+    assert len(seen) == 2 and all(len(norms) == 3 for norms in seen)
+    for mean, variance in (statistics for norms in seen for statistics in norms):  # frozen: never moved
+        np.testing.assert_array_equal(mean, 0.0)
+        np.testing.assert_array_equal(variance, 1.0)
     assert not (tmp_path / "run" / "backup").exists()  # BackupAndRestore cleans up after a finished fit
     assert load_bundle(tmp_path / "run").predict([np.zeros((50, 60, 3), np.uint8)]).shape == (1, 3)
 
