@@ -75,6 +75,7 @@ def keras_to_onnx_bytes(model, size: int) -> bytes:
         import tf2onnx
     except ImportError:
         raise ImportError("ONNX export needs tf2onnx and onnxruntime: pip install 'detcrop[export]'") from None
+    logger.info("converting %s to ONNX (tf2onnx, opset %d)", model.name, ONNX_OPSET)
     signature = [tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")]
     # A tf.function with training=False (BatchNormalization in inference mode; see _write_saved_model).
     function = tf.function(lambda pixels: model(pixels, training=False), input_signature=signature)

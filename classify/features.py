@@ -197,8 +197,8 @@ def variant_features(feature_model, images: Sequence[np.ndarray], input_size: in
 def compiled_forward(model):
     """A Keras model's inference forward as one `tf.function`; any other callable (ONNX Runtime) as it is.
 
-    Called eagerly, the EfficientNet-Lite0 feature model ran 1.7-3x slower on 2 CPU cores than
-    the same model traced once (16 photos at 320 px; outputs within 3e-6).
+    Traced once, a convnet runs faster on CPU than called eagerly, with the same outputs up to
+    float rounding (chosen by measurement: benchmarks/RESULTS.md#pooled-features).
     """
     import keras
 
@@ -282,7 +282,10 @@ def extract_features(
         logger.info("computing %s features for %d images (%d cached) into %s",
                     cache.identity["backbone"], len(missing), len(found), cache.folder)
         feature_pass = feature_pass or LocalFeaturePass(feature_model, input_size, batch_size)
-        bar = tqdm(total=len(missing), desc="features", unit="img", disable=not progress)
+        backbone = cache.identity.get("backbone")
+        bar = tqdm(total=len(paths), initial=len(found), desc=f"features {backbone}" if backbone else "features",
+                   unit="img", disable=not progress)
+        bar.set_postfix(computed=0, cached=result.cached, refresh=False)
         for position, outcome in feature_pass([paths[index] for index in missing], variants):
             index = missing[position]
             if isinstance(outcome, str):
@@ -295,6 +298,7 @@ def extract_features(
                 for variant in variants:
                     cache.put(sha256s[index], variant, outcome[variant])
                 result.computed += 1
+            bar.set_postfix(computed=result.computed, cached=result.cached, refresh=False)
             bar.update(1)
         bar.close()
     result.kept = sorted(found)

@@ -59,8 +59,8 @@ def onnx_bundle(bundle, run_dir: str | os.PathLike, cache_root: str | os.PathLik
 class OnnxFeatureModel:
     """train's frozen feature model run by ONNX Runtime, called like the Keras model by `extract_features`.
 
-    Converted by tf2onnx on the first call (about 15 s for Lite0 at 320 px), so a run whose
-    features are all cached never converts. Features equal TensorFlow's within about 1e-5,
+    Converted by tf2onnx on the first call, so a run whose features are all cached never
+    converts. Its features equal TensorFlow's up to float rounding (tests/classify/test_onnx_features.py),
     so both runtimes share one feature cache.
     """
 

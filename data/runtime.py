@@ -1,8 +1,8 @@
 """Which runtime runs the models: ONNX Runtime where it is installed, else TensorFlow.
 
 `--runtime` (crop, predict, train's feature pass) defaults to "auto": ONNX Runtime when
-onnxruntime and tf2onnx are importable (the `export` extra; measured faster at parity, see
-README) and the model converts (the SSD frozen graph, an .onnx file, a Keras backbone or
+onnxruntime and tf2onnx are importable (the `export` extra; chosen by measurement:
+benchmarks/RESULTS.md#runtime) and the model converts (the SSD frozen graph, an .onnx file, a Keras backbone or
 classifier), else TensorFlow, said once in an info line. "tensorflow" and "onnx" force one.
 """
 

@@ -48,7 +48,8 @@ SSD_GRAPH_FILE = "models/frozen_inference_graph.pb"
 FASTER_RCNN_DIR_ENV = "DETCROP_FASTER_RCNN_DIR"
 
 #: Inference runtimes of the detector: "auto" (ONNX Runtime where installed and the detector
-#: converts, else TensorFlow; `detcrop.data.runtime`), "onnx" or "tensorflow" (measured in the README).
+#: converts, else TensorFlow; `detcrop.data.runtime`), "onnx" or "tensorflow".
+#: chosen by measurement: benchmarks/RESULTS.md#runtime
 DEFAULT_RUNTIME = AUTO
 
 

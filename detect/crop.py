@@ -82,7 +82,8 @@ class CropConfig:
 
     detector: str = DEFAULT_DETECTOR  # detector name, TF Hub handle, SavedModel folder or .pb file
     targets: tuple[str, ...] = ("clock",)  # COCO class names or ids to crop ("clock" = 85, for watches too)
-    score_threshold: float = 0.5  # keep boxes scoring at least this (chosen from measured recall, see README)
+    # chosen by measurement: benchmarks/RESULTS.md#crop-threshold
+    score_threshold: float = 0.5  # keep boxes scoring at least this, 0-1
     margin: float = 0.1  # grow each side by this fraction of the box width/height (context around the object)
     square: str = "expand"  # "expand" (grow the short side inside the image), "pad" (pad colour), "none"
     pad_color: tuple[int, ...] = (0, 0, 0)  # RGB fill for square="pad" outside the image
@@ -94,7 +95,8 @@ class CropConfig:
     max_pixels: int = ImageLimits.max_pixels  # photos with more pixels are refused as failed
     workers: int = 2  # decoding threads running ahead of the detector
     prefetch: int = 8  # decoded photos held ready for the detector
-    runtime: str = DEFAULT_RUNTIME  # detector runtime: "auto" (ONNX Runtime where installed and the detector converts, else TensorFlow), "onnx" or "tensorflow"; same boxes within 1 px
+    # chosen by measurement: benchmarks/RESULTS.md#runtime
+    runtime: str = DEFAULT_RUNTIME  # detector runtime: "auto" (ONNX Runtime where installed and the detector converts, else TensorFlow), "onnx" or "tensorflow"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(str(target) for target in self.targets))
@@ -586,8 +588,9 @@ class CropJob:
     rules (an earlier run's photo, or a byte-identical copy under the same label, is counted
     and not written again); `write` hands a claimed photo's outcome to one writer thread, which
     writes crop files and manifest lines in that same order while the caller detects the next
-    photos (each file and line is fsynced: on a fast runtime the writes were a fifth of the
-    job's time). `finish` reads the manifest once and writes summary.json.
+    photos (each file and line is fsynced, which would otherwise stall the detector; chosen by
+    measurement: benchmarks/RESULTS.md#crop-writer-thread). `finish` reads the manifest once and
+    writes summary.json.
 
     >>> with CropJob(dataset, len(photos), skipped) as job:  # doctest: +SKIP
     ...     if job.claim(key, source, label, done=key in done_before):
@@ -600,6 +603,8 @@ class CropJob:
         self.summary = CropSummary(dataset=str(dataset), photos_seen=photos_seen, not_images=len(skipped),
                                    skipped=list(skipped))
         self.seen: set[tuple] = set()
+        #: Photos handed to `write` so far, by status: the live figures of a progress bar.
+        self.written: dict[str, int] = {STATUS_CROPPED: 0, STATUS_EMPTY: 0, STATUS_FAILED: 0}
         self._depth = max(1, int(depth))
         self._pending: deque = deque()
         self._failed = False
@@ -635,6 +640,7 @@ class CropJob:
 
     def write(self, outcome: PhotoOutcome) -> None:
         """Write `outcome` on the writer thread (after every outcome written before it)."""
+        self.written[outcome.status] = self.written.get(outcome.status, 0) + 1
         self._pending.append(self._pool.submit(self._write, outcome))
         while self._pending and (len(self._pending) > self._depth or self._pending[0].done()):
             self._pending.popleft().result()  # a failed write raises here, in the driver
@@ -647,6 +653,15 @@ class CropJob:
         except BaseException:
             self._failed = True
             raise
+
+    def figures(self) -> dict[str, int]:
+        """What a progress bar shows after each photo: written photos by status, resumed and duplicate ones."""
+        figures = dict(self.written)
+        if self.summary.skipped_done:
+            figures["resumed"] = self.summary.skipped_done
+        if self.summary.duplicates:
+            figures["duplicates"] = self.summary.duplicates
+        return figures
 
     def finish(self) -> CropSummary:
         """After the `with` block: the summary of the whole manifest, written to summary.json."""
@@ -738,15 +753,17 @@ def _crop_into(dataset: Path, photos: list[Photo], skipped: list[Skipped], confi
     with CropJob(dataset, len(photos), skipped, config.prefetch) as job:
         loaded_photos = _prefetched(photos, lambda photo: _read_photo(photo, limits, done), config.workers,
                                     config.prefetch)
-        for loaded in tqdm(loaded_photos, total=len(photos), desc="crop", unit="photo", disable=not progress):
+        bar = tqdm(loaded_photos, total=len(photos), desc="crop", unit="photo", disable=not progress)
+        for loaded in bar:
             photo, source = loaded.photo, str(loaded.photo.path)
-            if not job.claim(loaded.key, source, photo.label, loaded.done):
-                continue
-            if loaded.error is not None:
-                logger.warning("%s", loaded.error)
-                outcome = PhotoOutcome.failed(source, loaded.sha256, photo.label, detector.name,
-                                              f"{loaded.error.kind}: {loaded.error.reason}")
-            else:
-                outcome = _crop_image(loaded.image, config, detector, source, photo.label, loaded.sha256)
-            job.write(outcome)
+            if job.claim(loaded.key, source, photo.label, loaded.done):
+                if loaded.error is not None:
+                    logger.warning("%s", loaded.error)
+                    outcome = PhotoOutcome.failed(source, loaded.sha256, photo.label, detector.name,
+                                                  f"{loaded.error.kind}: {loaded.error.reason}")
+                else:
+                    outcome = _crop_image(loaded.image, config, detector, source, photo.label, loaded.sha256)
+                job.write(outcome)
+            bar.set_postfix(job.figures(), refresh=False)
+        bar.close()
     return job.finish()

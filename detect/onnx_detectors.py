@@ -143,7 +143,7 @@ def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max
 def converted_ssd_path(graph_path: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
     """The cached split ONNX conversion of the frozen SSD graph at `graph_path`, converting it if absent.
 
-    Conversion takes about a minute (tf2onnx); the file is named by the graph's content hash.
+    Converted once by tf2onnx; the file is named by the graph's content hash.
     """
     folder = Path(cache_root) if cache_root is not None else cache_dir("onnx")
     target = folder / f"ssd-split-v{SPLIT_VERSION}-{file_sha256(graph_path)[:16]}.onnx"
@@ -232,7 +232,8 @@ def session_options(threads: int | None = None):
     if threads:
         options.intra_op_num_threads = int(threads)
     # Idle worker threads sleep instead of spinning: on a shared or oversubscribed machine
-    # spinning threads steal the cores the other workers need (measured: README).
+    # spinning threads steal the cores the other workers need.
+    # chosen by measurement: benchmarks/RESULTS.md#runtime
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options

@@ -170,9 +170,10 @@ def _run(ray, dataset: Path, photos: list[InputPhoto], skipped: list, filesystem
         for batch in outcomes.iter_batches(batch_size=None, batch_format="numpy"):
             for blob in batch["outcome"]:
                 source, label, sha256, outcome = pickle.loads(bytes(blob))
-                bar.update(1)
                 if job.claim(_photo_key(source, sha256, label), source, label, done=outcome is None):
                     job.write(outcome)
+                bar.set_postfix(job.figures(), refresh=False)
+                bar.update(1)
         bar.close()
     return job.finish()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from typing import Iterable, Sequence
@@ -45,8 +44,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, ray_help: str, model: 
     """--engine local|ray, --ray-address and --ray-workers for a command with a job that Ray Data can run."""
     engine = parser.add_argument_group("engine (where the job runs)")
     engine.add_argument("--engine", choices=("local", "ray"), default="local",
-                        help=f"local: this process (default); ray: {ray_help}, one {model} per worker "
-                        "(pip install 'detcrop[ray]')")
+                        help=f"local: this process (default); ray: {ray_help}, one {model} per worker")
     engine.add_argument("--ray-address", help="Ray cluster to join (auto, or ray://HOST:10001); default: start a "
                         "local Ray with --ray-workers CPUs")
     engine.add_argument("--ray-workers", type=int, default=2, help=f"{model} actors (one CPU each; default 2)")
@@ -74,25 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"detcrop.pipeline.commands.{name}").register(subparsers)
     for subparser in subparsers.choices.values():
-        subparser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+        subparser.add_argument("-v", "--verbose", action="count", default=0,
+                               help="show detcrop's INFO lines and third-party logs; -vv adds DEBUG lines")
         subparser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     return parser
 
 
+def verbosity(args: argparse.Namespace) -> int:
+    """The `pipeline.console` verbosity of -q / -v / -vv (-q wins)."""
+    from detcrop.pipeline.console import DEFAULT, QUIET
+
+    return QUIET if args.quiet else DEFAULT + args.verbose
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notices) hides the real output;
-    # a user who wants it sets TF_CPP_MIN_LOG_LEVEL=0.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # TensorFlow leaves its oneDNN kernels off on these CPUs; on measured 2-core machines they ran
-    # the convnets 1.5-2.4x faster, and every training time in the README was taken with them on.
-    # Read once, when TensorFlow is first imported; TF_ENABLE_ONEDNN_OPTS=0 turns them off.
+    from detcrop.pipeline.console import configure_console
+
+    # TensorFlow reads this once, at its first import; TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off.
+    # chosen by measurement: benchmarks/RESULTS.md#onednn
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_console(verbosity(args))
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:

@@ -120,8 +120,8 @@ class Scorer:
         `score_threshold` overrides the crop config's; `detector_runtime` and
         `classifier_runtime` ("onnx", "tensorflow"; None = "auto": ONNX Runtime where installed
         and the model converts) choose the runtimes, whatever runtime the training crops were
-        made with (runtimes agree within 1 px and 1e-4: a speed setting, not a result setting);
-        ONNX models are converted once and cached. `on_empty` ("record" or "whole-photo") overrides what
+        made with (both give the same answers up to float rounding: a speed setting, not a result
+        setting); ONNX models are converted once and cached. `on_empty` ("record" or "whole-photo") overrides what
         happens to a photo with no detection; None keeps the training crops' policy (the crop
         config's ``on_empty``, "record" when the bundle has none).
         """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -31,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detcrop.classify.reports import format_summary
     from detcrop.classify.training import make_train_config, train
     from detcrop.detect.base import load_configured_detector
     from detcrop.detect.crop import CropConfig, crop_photos
@@ -47,35 +47,63 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     print(f"[1/4] composing {args.per_class} photos per class into {photos}/ and {args.new * 2} new ones into {new_photos}/")
-    write_demo_photos(photos, args.per_class, seed=args.seed)
+    labelled = write_demo_photos(photos, args.per_class, seed=args.seed)
     new_paths = sorted(write_demo_photos(new_photos, args.new, seed=args.seed + 1000, by_class=False))
 
     print(f"[2/4] detcrop crop {photos} --out {dataset}")
     crop_config = CropConfig()
     detector = load_configured_detector(crop_config.detector, crop_config.runtime)
-    summary = crop_photos(photos, dataset, crop_config, detector=detector, progress=progress)
-    print(f"      photos {summary.photos_seen}, cropped {summary.cropped}, empty {summary.empty}, failed {summary.failed}")
+    crop_summary = crop_photos(photos, dataset, crop_config, detector=detector, progress=progress)
 
     print(f"[3/4] detcrop train {dataset} --out {run_dir}")
     result = train(dataset, run_dir, make_train_config({"seed": args.seed}), progress=progress)
-    print(format_summary(result.metrics))
 
     print(f"[4/4] detcrop predict {run_dir} {new_photos} --json {predictions}/predictions.json "
           f"--csv {predictions}/predictions.csv --plot {predictions}/plots")
     scorer = Scorer.load(run_dir)
     results = score_photos(scorer, new_paths, predictions / "plots", predictions / "predictions.json",
-                           predictions / "predictions.csv", str(run_dir), progress=False)
+                           predictions / "predictions.csv", str(run_dir), progress=progress)
     print(format_table(results))
-    right = sum(result.top_class() == Path(result.path).name.split("_")[0] for result in results)
-    print(f"\nnew photos classified as their true style: {right} of {len(results)} "
-          f"(the style is the first word of each file name)")
-    print(f"\ndone in {time.perf_counter() - started:.0f} s. Where things are:")
-    for label, path in (("demo photos", photos), ("cropped dataset + manifest.jsonl", dataset),
-                        ("run (model.keras, bundle.json, reports, plots)", run_dir),
-                        ("predictions (JSON, CSV, plots/)", predictions)):
-        print(f"  {label:<48} {path}/")
+    print()
+    print(format_demo_summary(
+        DemoPaths(photos, new_photos, dataset, run_dir, predictions), photos_made=len(labelled),
+        crop_summary=crop_summary, metrics=result.metrics, results=results,
+        seconds=time.perf_counter() - started))
     return 0
 
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo writes each of its outputs, all inside --out."""
+
+    photos: Path
+    new_photos: Path
+    dataset: Path
+    run_dir: Path
+    predictions: Path
+
+
+def format_demo_summary(paths: DemoPaths, photos_made: int, crop_summary, metrics: dict, results,
+                        seconds: float) -> str:
+    """The demo's closing summary: each stage's output folder with its key figures, and the total time.
+
+    `crop_summary`: the crop job's `CropSummary`; `metrics`: the run's val metrics (accuracy,
+    macro_f1, samples); `results`: the `PhotoResult` of each new photo.
+    """
+    from detcrop.pipeline.commands.crop import crop_figures
+    from detcrop.pipeline.commands.predict import predict_figures
+    from detcrop.pipeline.console import format_duration, format_summary
+
+    right = sum(result.top_class() == Path(result.path).name.split("_")[0] for result in results)
+    rows = [
+        ("photos", f"{paths.photos}/ ({photos_made} labelled), {paths.new_photos}/ ({len(results)} new)"),
+        ("dataset", f"{paths.dataset}/: {crop_figures(crop_summary)}"),
+        ("run", f"{paths.run_dir}/: val accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
+                f"({metrics.get('samples', '?')} val images); model.keras, bundle.json, reports"),
+        ("predictions", f"{paths.predictions}/: {predict_figures(results)}; JSON, CSV, plots/"),
+        ("true style", f"{right} of {len(results)} new photos (the first word of each file name)"),
+    ]
+    return format_summary(f"demo done in {format_duration(seconds)}", rows)
 
 
 def _check_demo_folder(out: Path, demo_entries: set[str]) -> None:

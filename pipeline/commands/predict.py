@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from detcrop.data.errors import UsageError
 from detcrop.data.runtime import RUNTIMES
@@ -20,17 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("photos", nargs="+", help="photo files or folders (searched recursively)")
     parser.add_argument("--detector", help="detector name, TF Hub handle, SavedModel folder or .pb "
                         "(default: the one the training crops were made with)")
-    parser.add_argument("--runtime", choices=RUNTIMES, help="runtime of the detector and the classifier: onnx (ONNX "
-                        "Runtime; both are converted once and cached), tensorflow, or auto: onnx where ONNX Runtime "
-                        "is installed and the model converts, else tensorflow (default: auto)")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="runtime of detector and classifier: onnx (converted once, "
+                        "cached), tensorflow, or auto (onnx where installed and converting; default)")
     parser.add_argument("--no-detect", action="store_true", help="classify whole images (data already cropped)")
     parser.add_argument("--unknown-threshold", type=float,
                         help="label an object 'unknown' under this top probability (default: chosen on the "
                         "run's validation data, stored in bundle.json)")
     parser.add_argument("--on-empty", choices=("record", "whole-photo"),
-                        help="a photo with no detection: 'whole-photo' scores the whole photo (marked so in every "
-                        "output), 'record' leaves it without an answer (default: as the training crops were made, "
-                        "the bundle's crop_config on_empty)")
+                        help="photo with no detection: 'whole-photo' scores the whole photo, 'record' leaves it "
+                        "unanswered (default: the run's crop_config)")
     parser.add_argument("--score-threshold", type=float, help="detector score threshold (default: the crop config's)")
     parser.add_argument("--max-objects", type=int, default=10, help="objects scored per photo, best first (default 10)")
     parser.add_argument("--json", dest="json_path", help="write all results to this JSON file")
@@ -52,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_objects < 1:
         raise UsageError(f"--max-objects must be >= 1, got {args.max_objects}")
     _check_outputs(args)
+    started = time.perf_counter()
     scorer = Scorer.load(args.run, detector=args.detector, detect=not args.no_detect,
                          unknown_threshold=args.unknown_threshold, max_objects=args.max_objects,
                          score_threshold=args.score_threshold, detector_runtime=args.runtime,
@@ -75,15 +75,33 @@ def run(args: argparse.Namespace) -> int:
             answers.append(f"is {args.is_class}={'true' if result.is_class(args.is_class) else 'false'}")
         if answers:
             print(f"{result.path}: " + "  ".join(answers))
-    for path in (args.json_path, args.csv_path):
-        if path:
-            print(f"wrote {path}")
-    if args.plot:
-        print(f"wrote plots to {args.plot}/")
+    print()
+    print(format_predict_summary(results, args.run, time.perf_counter() - started, json_path=args.json_path,
+                                 csv_path=args.csv_path, plot_dir=args.plot))
     failed = sum(result.error is not None for result in results)
     if failed:
         print(f"{failed} of {len(results)} photo(s) could not be read (see the table)", file=sys.stderr)
     return 0 if failed < len(results) else 1
+
+
+def predict_figures(results) -> str:
+    """``8 photos: 7 classified, 1 without an object, 0 unreadable``."""
+    unreadable = sum(result.error is not None for result in results)
+    classified = sum(result.error is None and bool(result.objects) for result in results)
+    return (f"{len(results)} photos: {classified} classified, {len(results) - classified - unreadable} without an "
+            f"object, {unreadable} unreadable")
+
+
+def format_predict_summary(results, run: str, seconds: float, json_path: str | None = None,
+                           csv_path: str | None = None, plot_dir: str | None = None) -> str:
+    """The closing summary of `detcrop predict`: what was scored with which run, and the files written."""
+    from detcrop.pipeline.console import format_duration, format_summary
+
+    rows = [("run", run), ("photos", predict_figures(results))]
+    rows += [(label, path) for label, path in (("JSON", json_path), ("CSV", csv_path)) if path]
+    if plot_dir:
+        rows.append(("plots", f"{str(plot_dir).rstrip('/')}/ (one PNG per photo)"))
+    return format_summary(f"predict done in {format_duration(seconds)}", rows)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

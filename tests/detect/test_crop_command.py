@@ -29,7 +29,7 @@ def test_crop_command_writes_dataset_and_resumes(savedmodel_dir, photos, tmp_pat
             "--margin", "0", "--square", "pad", "-q"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "3 photos seen, 2 cropped, 1 empty, 0 failed; 2 crops (seiko: 1, zenith: 1)" in printed
+    assert "3 photos: 2 cropped, 1 empty, 0 failed; 2 crops (seiko: 1, zenith: 1)" in printed
     records = read_manifest(out / MANIFEST_NAME)
     cropped = [record for record in records if record.status == "cropped"]
     assert [record.crop_box for record in cropped] == [(40, 30, 100, 90), (0, -5, 50, 45)]
@@ -38,7 +38,7 @@ def test_crop_command_writes_dataset_and_resumes(savedmodel_dir, photos, tmp_pat
     assert saved["square"] == "pad" and saved["margin"] == 0 and saved["targets"] == ["clock"]
 
     assert main(argv) == 0
-    assert "resumed: 3 photos were already done" in capsys.readouterr().out  # a finished run is trusted whole
+    assert "resumed  3 photos were already done" in capsys.readouterr().out  # a finished run is trusted whole
     assert read_manifest(out / MANIFEST_NAME) == records
 
     # Resuming from the saved config keeps every setting, even without repeating the options;
