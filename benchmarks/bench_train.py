@@ -45,7 +45,7 @@ def main() -> int:
     from detcrop.classify.bundle import resize_images
     from detcrop.classify.features import FeatureCache, build_feature_model, extract_features
     from detcrop.classify.reports import evaluate_predictions
-    from detcrop.classify.training import build_head, compose_model
+    from detcrop.classify.model import build_head, compose_model
     from detcrop.data.folders import scan_class_folders
     from detcrop.data.images import file_sha256, load_image_array
     from detcrop.data.splits import split_class_folders

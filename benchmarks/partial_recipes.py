@@ -12,7 +12,7 @@ per epoch. Nothing here touches the held-back photos, so its figures may guide a
     .venv/bin/python benchmarks/partial_recipes.py /tmp/ho/x/train \
         '{"8 epochs": {}, "12 epochs": {"epochs": 12}, "lr 3e-4": {"learning_rate": 3e-4}}'
 
-A recipe is a name and `PartialSettings` overrides (epochs, learning_rate, shift, mixup); two
+A recipe is a name and `PartialSettings` overrides (epochs, learning_rate, shift, batch_size); two
 switches are not settings: ``"head": "fresh"`` starts from an untrained head instead of the
 trained one, ``"flips": false`` trains and validates without the mirrored maps.
 """
@@ -48,7 +48,9 @@ def main() -> int:
 
     from sklearn.metrics import f1_score
 
-    from detcrop.classify import partial_finetune, training
+    from detcrop.classify import training
+    from detcrop.classify.fitting import EpochLog
+    from detcrop.classify.strategies import partial as partial_finetune
 
     config = training.make_train_config({"backbone": args.backbone, "input_size": args.input_size,
                                          "cache_dir": args.cache_dir, "ensemble": ""})
@@ -78,15 +80,17 @@ def main() -> int:
                                                             shift=config.partial_shift), **recipe)
         views = maps if flips else {"orig": maps["orig"], "flip": maps["orig"]}
         tick = time.perf_counter()
+        history: dict[str, list] = {}
         result = partial_finetune.partial_fine_tune(upper, head, settings, views, examples.labels, examples.train,
-                                                    examples.val, classes, tta_flip=True, history={})
+                                                    examples.val, classes, tta_flip=True,
+                                                    callbacks=[EpochLog(history, None, "partial").callback()])
         predicted = result.val_probabilities.argmax(1)
         rows.append({"recipe": name, "settings": recipe, "fresh_head": fresh, "flips": flips,
                      "backbone": args.backbone, "input_size": args.input_size, "dataset": str(args.dataset),
                      "val_accuracy": float((predicted == val_y).mean()),
                      "val_macro_f1": float(f1_score(val_y, predicted, average="macro")),
                      "kept_epoch": result.best_epoch + 1,
-                     "val_accuracy_by_epoch": [round(value, 3) for value in result.history["val_accuracy"]],
+                     "val_accuracy_by_epoch": [round(value, 3) for value in history["val_accuracy"]],
                      "partial_seconds": round(time.perf_counter() - tick, 1), "head_seconds": round(head_seconds, 1)})
         print(json.dumps(rows[-1]), flush=True)
         if args.results:

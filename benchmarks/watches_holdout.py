@@ -9,7 +9,7 @@ detect, crop as in training, classify; a photo with no detection scored whole, a
 
     .venv/bin/detcrop crop ../shared/data/watches-brands --out /tmp/wb/crops --on-empty whole-photo
     .venv/bin/python benchmarks/watches_holdout.py --crops /tmp/wb/crops --out /tmp/ho                  # defaults
-    .venv/bin/python benchmarks/watches_holdout.py --crops /tmp/wb/crops --out /tmp/ho -- --preset best
+    .venv/bin/python benchmarks/watches_holdout.py --crops /tmp/wb/crops --out /tmp/ho -- --preset fast
     .venv/bin/python benchmarks/watches_holdout.py --crops /tmp/wb/crops --out /tmp/ho -- --train-from block6a
 
 `--views whole` trains on the whole training photos instead of their crops and scores the

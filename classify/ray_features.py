@@ -56,7 +56,7 @@ class FeatureActor:
             # download or weights file is needed on the worker, and the features are the driver's.
             self.model, _, base, preprocessing = build_feature_model(backbone, self.input_size, "none", seed)
             if train_from:  # the maps at the cut of partial fine-tuning, as the driver's pass makes them
-                from detcrop.classify.partial_finetune import activation_model
+                from detcrop.classify.strategies.partial import activation_model
 
                 self.model = activation_model(base, preprocessing, train_from, self.input_size)[0]
             with np.load(io.BytesIO(weights), allow_pickle=False) as arrays:
@@ -86,7 +86,7 @@ class RayFeaturePass:
     """A feature pass for `extract_features(..., feature_pass=...)` on `settings.workers` Ray actors.
 
     `feature_model` is the driver's Keras feature model (`features.build_feature_model`), or with
-    `train_from` its activation model at that cut (`partial_finetune.activation_model`); with
+    `train_from` its activation model at that cut (`strategies.partial.activation_model`); with
     `runtime="onnx"` it is converted once on the driver when there is something to compute.
     """
 

@@ -15,6 +15,7 @@ import difflib
 import inspect
 import io
 import json
+import logging
 import os
 import textwrap
 import tokenize
@@ -25,10 +26,47 @@ from typing import Any, Mapping, Sequence, TypeVar
 from detcrop.data.errors import DetcropError
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(DetcropError, ValueError):
     """A config key or value that does not fit the stage's dataclass."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RemovedKey:
+    """A config key that left the product (ultralytics' `_handle_deprecation` is the model).
+
+    A config holding it at `old_default` (a run's saved config.json) still loads, with one
+    warning; any other value, and its flag on the command line, is refused naming `entry`, the
+    benchmarks/RESULTS.md entry that says why it went. A dataclass lists its removed keys in a
+    ``removed_keys`` class variable.
+    """
+
+    old_default: Any
+    entry: str  # e.g. "benchmarks/RESULTS.md#memory"
+
+
+def _removed_keys(cls: type) -> Mapping[str, RemovedKey]:
+    return getattr(cls, "removed_keys", None) or {}
+
+
+def drop_removed_keys(cls: type, overrides: Mapping[str, Any]) -> dict:
+    """`overrides` without `cls`'s removed keys: one warning for those at their old default, a ConfigError otherwise."""
+    removed = _removed_keys(cls)
+    kept, dropped = {}, []
+    for key, value in overrides.items():
+        if key not in removed:
+            kept[key] = value
+        elif value == removed[key].old_default:
+            dropped.append(key)
+        else:
+            raise ConfigError(f"{cls.__name__} key {key!r} was removed (it did not pay; see {removed[key].entry}); "
+                              f"only its old default {removed[key].old_default!r} is still accepted, got {value!r}")
+    if dropped:
+        logger.warning("ignoring %s, removed from %s at their old defaults (see %s)", ", ".join(dropped),
+                       cls.__name__, ", ".join(sorted({removed[key].entry for key in dropped})))
+    return kept
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
@@ -87,7 +125,7 @@ def build_config(cls: type[T], overrides: Mapping[str, Any] | None = None, base:
 
     >>> build_config(ValidationConfig, {"min_images_per_class": "10"})  # doctest: +SKIP
     """
-    overrides = dict(overrides or {})
+    overrides = drop_removed_keys(cls, dict(overrides or {}))
     valid = {field.name: field for field in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in overrides:
@@ -126,6 +164,8 @@ def load_config_file(cls: type[T], path: str | os.PathLike) -> T:
 
 #: argparse destinations of config flags start with this, then "<Class>.<field>".
 _FLAG_DEST = "config:"
+#: ... and those of removed keys' flags with this.
+_REMOVED_DEST = "removed:"
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -161,7 +201,7 @@ def _metavar(annotation: Any) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, aliases: Mapping[str, Sequence[str]] | None = None,
-                         exclude: Sequence[str] = ()) -> None:
+                         exclude: Sequence[str] = (), shown: Sequence[str] | None = None) -> None:
     """One flag per field of the config dataclass `cls`: ``--field-name`` (and `aliases`).
 
     The help is `field_help` plus the default; a flag left out stays None, so `config_overrides`
@@ -169,7 +209,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, aliases: Ma
     is a one-line `ConfigError`). A yes/no field gets ``--name`` and ``--no-name``; a list field
     may be repeated or comma-separated. An alias of a yes/no field that starts with ``--no-``
     sets it to false, any other sets it to true. The same field name is the same flag, with the
-    same meaning, in every command.
+    same meaning, in every command. With `shown`, only those fields are listed in ``--help``
+    (the others still work); aliases are never listed. The flags of `cls`'s removed keys are
+    accepted only to be refused by `config_overrides`, naming why they went.
     """
     aliases = aliases or {}
     defaults = cls()
@@ -182,23 +224,37 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, aliases: Ma
         flag = "--" + item.name.replace("_", "-")
         dest = f"{_FLAG_DEST}{cls.__name__}.{item.name}"
         default = getattr(defaults, item.name)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        text = (f"{helps[item.name]} (default: {shown})" if helps[item.name] else f"default: {shown}").replace("%", "%%")
+        shown_default = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = (f"{helps[item.name]} (default: {shown_default})" if helps[item.name]
+                else f"default: {shown_default}").replace("%", "%%")
+        if shown is not None and item.name not in shown:
+            text = argparse.SUPPRESS
         annotation = hints[item.name]
         if annotation is bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
             for alias in aliases.get(item.name, ()):
                 group.add_argument(alias, dest=dest, action="store_const", const=not alias.startswith("--no-"),
-                                   help=f"same as {'--no-' + flag[2:] if alias.startswith('--no-') else flag}")
+                                   help=argparse.SUPPRESS)
             continue
         repeated = typing.get_origin(annotation) in (tuple, list)
-        group.add_argument(flag, *aliases.get(item.name, ()), dest=dest, default=None, metavar=_metavar(annotation),
-                           action="append" if repeated else "store", help=text)
+        for spelling, spelling_help in ((flag, text), *((alias, argparse.SUPPRESS) for alias in aliases.get(item.name, ()))):
+            group.add_argument(spelling, dest=dest, default=None, metavar=_metavar(annotation),
+                               action="append" if repeated else "store", help=spelling_help)
+    for key in _removed_keys(cls):
+        flag = "--" + key.replace("_", "-")
+        for spelling in (flag, "--no-" + flag[2:]) if isinstance(_removed_keys(cls)[key].old_default, bool) else (flag,):
+            group.add_argument(spelling, dest=f"{_REMOVED_DEST}{cls.__name__}.{key}", nargs="?", const=True,
+                               default=None, help=argparse.SUPPRESS)
 
 
 def config_overrides(args: argparse.Namespace, cls: type) -> dict:
     """The fields of `cls` given as flags (see `add_config_arguments`), as `build_config` overrides."""
     prefix = f"{_FLAG_DEST}{cls.__name__}."
+    for dest, value in vars(args).items():
+        if dest.startswith(f"{_REMOVED_DEST}{cls.__name__}.") and value is not None:
+            key = dest.split(".", 1)[1]
+            raise ConfigError(f"--{key.replace('_', '-')} was removed (it did not pay; see "
+                              f"{_removed_keys(cls)[key].entry})")
     overrides = {}
     for dest, value in vars(args).items():
         if dest.startswith(prefix) and value is not None:

@@ -354,6 +354,42 @@ def build_efficientnet_lite0(
     return build_efficientnet_lite("lite0", input_shape, include_top, weights)
 
 
+def _mbconv_block(x, name: str, prefix: str, in_channels: int, out_channels: int, kernel: int, block_stride: int,
+                  expand_ratio: int, mapping: list[tuple[str, str, str]]):
+    """One inverted-residual block (expand 1x1, depthwise, project 1x1, residual add); its layers join `mapping`."""
+    block_input = x
+    expanded = in_channels * expand_ratio
+    if expand_ratio != 1:
+        x = keras.layers.Conv2D(
+            expanded, 1, padding="same", use_bias=False, name=f"{name}_expand_conv"
+        )(x)
+        mapping.append((f"{name}_expand_conv", "conv", f"{prefix}._expand_conv"))
+        x = keras.layers.BatchNormalization(
+            epsilon=_BN_EPSILON, name=f"{name}_expand_bn"
+        )(x)
+        mapping.append((f"{name}_expand_bn", "bn", f"{prefix}._bn0"))
+        x = keras.layers.ReLU(6.0, name=f"{name}_expand_activation")(x)
+    x = keras.layers.DepthwiseConv2D(
+        kernel, strides=block_stride, padding="same", use_bias=False,
+        name=f"{name}_dwconv",
+    )(x)
+    mapping.append((f"{name}_dwconv", "dwconv", f"{prefix}._depthwise_conv"))
+    x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
+    mapping.append((f"{name}_bn", "bn", f"{prefix}._bn1"))
+    x = keras.layers.ReLU(6.0, name=f"{name}_activation")(x)
+    x = keras.layers.Conv2D(
+        out_channels, 1, padding="same", use_bias=False, name=f"{name}_project_conv"
+    )(x)
+    mapping.append((f"{name}_project_conv", "conv", f"{prefix}._project_conv"))
+    x = keras.layers.BatchNormalization(
+        epsilon=_BN_EPSILON, name=f"{name}_project_bn"
+    )(x)
+    mapping.append((f"{name}_project_bn", "bn", f"{prefix}._bn2"))
+    if block_stride == 1 and in_channels == out_channels:
+        x = keras.layers.Add(name=f"{name}_add")([x, block_input])
+    return x
+
+
 def build_efficientnet_lite(
     variant: str = "lite0",
     input_shape: tuple = (224, 224, 3),
@@ -404,36 +440,7 @@ def build_efficientnet_lite(
             name = f"block{stage}{chr(ord('a') + repeat)}"
             prefix = f"_blocks.{torch_block}"
             block_stride = stride if repeat == 0 else 1
-            block_input = x
-            expanded = in_channels * expand_ratio
-            if expand_ratio != 1:
-                x = keras.layers.Conv2D(
-                    expanded, 1, padding="same", use_bias=False, name=f"{name}_expand_conv"
-                )(x)
-                mapping.append((f"{name}_expand_conv", "conv", f"{prefix}._expand_conv"))
-                x = keras.layers.BatchNormalization(
-                    epsilon=_BN_EPSILON, name=f"{name}_expand_bn"
-                )(x)
-                mapping.append((f"{name}_expand_bn", "bn", f"{prefix}._bn0"))
-                x = keras.layers.ReLU(6.0, name=f"{name}_expand_activation")(x)
-            x = keras.layers.DepthwiseConv2D(
-                kernel, strides=block_stride, padding="same", use_bias=False,
-                name=f"{name}_dwconv",
-            )(x)
-            mapping.append((f"{name}_dwconv", "dwconv", f"{prefix}._depthwise_conv"))
-            x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
-            mapping.append((f"{name}_bn", "bn", f"{prefix}._bn1"))
-            x = keras.layers.ReLU(6.0, name=f"{name}_activation")(x)
-            x = keras.layers.Conv2D(
-                out_channels, 1, padding="same", use_bias=False, name=f"{name}_project_conv"
-            )(x)
-            mapping.append((f"{name}_project_conv", "conv", f"{prefix}._project_conv"))
-            x = keras.layers.BatchNormalization(
-                epsilon=_BN_EPSILON, name=f"{name}_project_bn"
-            )(x)
-            mapping.append((f"{name}_project_bn", "bn", f"{prefix}._bn2"))
-            if block_stride == 1 and in_channels == out_channels:
-                x = keras.layers.Add(name=f"{name}_add")([x, block_input])
+            x = _mbconv_block(x, name, prefix, in_channels, out_channels, kernel, block_stride, expand_ratio, mapping)
             in_channels = out_channels
             torch_block += 1
 

@@ -95,7 +95,7 @@ class TrainResult:
 def _dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle_seed: int | None):
     import tensorflow as tf
 
-    from detcrop.classify.training import steady_stream
+    from detcrop.classify.fitting import steady_stream
 
     data = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle_seed is not None:

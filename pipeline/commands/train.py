@@ -7,43 +7,39 @@ import argparse
 from detcrop.data.config import add_config_arguments, config_overrides, read_json_object
 from detcrop.pipeline.cli import add_engine_arguments
 
-#: Older or shorter spellings of TrainConfig flags (every field is also ``--field-name``).
+#: Older or shorter spellings of TrainConfig flags (every field is also ``--field-name``); not listed in --help.
 FLAG_ALIASES = {
-    "learning_rate": ["--lr"], "input_size": ["--image-size"], "fine_tune_layers": ["--fine-tune"],
+    "learning_rate": ["--lr"], "input_size": ["--image-size"],
     "fine_tune_learning_rate": ["--fine-tune-lr"], "tta_flip": ["--no-tta"],
     "partial_learning_rate": ["--partial-lr"],
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from detcrop.classify.training import PRESETS, TrainConfig
+    from detcrop.classify.config import CLI_FLAGS, PRESETS, TrainConfig
 
     parser = subparsers.add_parser(
         "train",
         help="train a classifier on a class-folder dataset (ROOT/<class>/<image>)",
-        description="Phase 1 trains a head on cached features of a frozen pretrained base; phase 2 (default) "
-        "fine-tunes the top blocks on activations cached at --train-from, or --fine-tune N unfreezes the top N "
-        "base layers instead. Writes a model bundle "
-        "(model.keras + bundle.json), reports and history into --out. Rerun the same command "
-        "to resume an interrupted fine-tuning.",
+        description="Trains a head on cached features of a frozen pretrained base, then fine-tunes as --fine-tune "
+        "says. Writes a model bundle (model.keras + bundle.json), reports and history into --out. Every "
+        "TrainConfig key can be set with --config (docs/train-options.md); --help lists the common ones.",
     )
     parser.add_argument("dataset", help="dataset root with one folder per class")
     parser.add_argument("--out", required=True, help="run folder for the bundle and the reports")
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                        help="recipe: 'fast' = frozen base + head on cached features at 320 px; 'default' = partial "
-                        "fine-tuning at 224 px, then refit on train + val; 'best' = the best measured recipe within "
-                        "30 minutes for 3,000 photos (Lite2 cut earlier, the head's full epochs: about 1.2x "
-                        "slower); flags and --config override it")
+    parser.add_argument("--preset", default="default", metavar="{" + ",".join(PRESETS) + "}",
+                        help="recipe: fast = frozen base + head, one model; default = partial fine-tuning, two "
+                        "models; page = the web page's; flags and --config override it")
     parser.add_argument("--config", metavar="JSON", help="file of TrainConfig keys (e.g. a run's config.json); "
                         "flags override it")
-    add_config_arguments(parser, TrainConfig, FLAG_ALIASES)
+    add_config_arguments(parser, TrainConfig, FLAG_ALIASES, shown=CLI_FLAGS)
     add_engine_arguments(parser, "the frozen base's feature pass on Ray Data (filling the same feature cache; "
                          "the rest of training runs here)", "backbone")
     parser.set_defaults(handler=run)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    from detcrop.classify.training import TrainConfig
+    from detcrop.classify.config import TrainConfig
 
     overrides = read_json_object(args.config, "train settings") if args.config else {}
     return overrides | config_overrides(args, TrainConfig)

@@ -25,12 +25,8 @@ from detcrop.pipeline.ui.project import Project, ProjectError, TrainSettings
 
 logger = logging.getLogger(__name__)
 
-#: TrainConfig values the page uses beyond its four settings. For speed on a beginner's laptop:
-#: 224 px, no mirrored features (half the backbone passes), no
-#: fine-tuning phase (neither partial nor full: the CLI's default partial fine-tuning costs minutes)
-#: and one model (the CLI's default trains a second one for its ensemble).
-UI_TRAIN_DEFAULTS = {"backbone": "efficientnet-lite0", "input_size": 224, "fine_tune_layers": 0, "train_from": "",
-                     "ensemble": "", "mistakes": 8, "flip_features": False, "tta_flip": False}
+#: The TrainConfig preset the page trains with (its four settings override it): `classify.config.PRESETS`.
+PAGE_PRESET = "page"
 
 STATES = ("idle", "training", "done", "failed", "cancelled")
 
@@ -52,7 +48,7 @@ class TrainingJob:
 
     def __init__(self, project: Project, train_overrides: dict | None = None):
         self.project = project
-        self.train_overrides = {**UI_TRAIN_DEFAULTS, **(train_overrides or {})}
+        self.train_overrides = dict(train_overrides or {})
         self.changed = threading.Condition()
         self.state = "idle"
         self.phase = ""  # what the worker is doing: preparing images, training, saving
@@ -105,7 +101,7 @@ class TrainingJob:
             if self.state == "training":
                 raise ProjectError("a training is already running; wait for it or cancel it", 409)
             self.project.check_trainable()
-            config = make_train_config({**self.train_overrides, **config_to_dict(settings)})
+            config = make_train_config({**self.train_overrides, **config_to_dict(settings)}, preset=PAGE_PRESET)
             self.project.save_settings(settings)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
             run_dir = self.project.runs_dir / stamp

@@ -109,7 +109,7 @@ def test_fine_tune_phase_runs_and_cleans_its_backup(tmp_path):
                              if isinstance(layer, keras.layers.BatchNormalization)])
 
     dataset = make_dataset(tmp_path / "data", per_class=6)
-    config = quick_config(tmp_path, epochs=2, fine_tune_layers=3, fine_tune_epochs=2)
+    config = quick_config(tmp_path, epochs=2, fine_tune="full", fine_tune_layers=3, fine_tune_epochs=2)
     result = train(dataset, tmp_path / "run", config, progress=False, callbacks=[BatchNormStatistics()])
     assert result.history["phase"].count("fine-tune") == 2
     assert len(seen) == 2 and all(len(norms) == 3 for norms in seen)
@@ -151,24 +151,24 @@ def test_train_refuses_a_single_class(tmp_path):
 
 def test_fine_tuning_killed_after_epoch_3_of_4_resumes_as_if_never_stopped(tmp_path, monkeypatch):
     """Issue 10 row 4: the resumed run keeps the best weights and the history, and equals the uninterrupted run."""
-    import detcrop.classify.training as training
+    import detcrop.classify.strategies.full as full
 
     dataset = make_dataset(tmp_path / "data", per_class=6)
-    config = quick_config(tmp_path, epochs=2, fine_tune_layers=3, fine_tune_epochs=4, fine_tune_learning_rate=3e-3)
+    config = quick_config(tmp_path, epochs=2, fine_tune="full", fine_tune_layers=3, fine_tune_epochs=4, fine_tune_learning_rate=3e-3)
     whole = train(dataset, tmp_path / "whole", config, progress=False)
 
-    original_save = training._FineTuneBackup.save
+    original_save = full.FineTuneBackup.save
 
     def save_then_die(self, epoch, *args, **kwargs):
         original_save(self, epoch, *args, **kwargs)
         if epoch == 2:
             raise KeyboardInterrupt  # as if the process were killed once epoch 3's state is on disk
 
-    monkeypatch.setattr(training._FineTuneBackup, "save", save_then_die)
+    monkeypatch.setattr(full.FineTuneBackup, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(dataset, tmp_path / "killed", config, progress=False)
-    assert (tmp_path / "killed" / "backup" / training.BACKUP_STATE_NAME).is_file()
-    monkeypatch.setattr(training._FineTuneBackup, "save", original_save)
+    assert (tmp_path / "killed" / "backup" / full.BACKUP_STATE_NAME).is_file()
+    monkeypatch.setattr(full.FineTuneBackup, "save", original_save)
     follower = _follower()
     resumed = train(dataset, tmp_path / "killed", config, progress=False, callbacks=[follower])
 
@@ -184,21 +184,21 @@ def test_fine_tuning_killed_after_epoch_3_of_4_resumes_as_if_never_stopped(tmp_p
 
 
 def test_a_backup_of_other_settings_is_not_resumed(tmp_path, monkeypatch, caplog):
-    import detcrop.classify.training as training
+    import detcrop.classify.strategies.full as full
 
     dataset = make_dataset(tmp_path / "data", per_class=6)
-    config = quick_config(tmp_path, epochs=1, fine_tune_layers=3, fine_tune_epochs=2)
-    original_save = training._FineTuneBackup.save
+    config = quick_config(tmp_path, epochs=1, fine_tune="full", fine_tune_layers=3, fine_tune_epochs=2)
+    original_save = full.FineTuneBackup.save
 
     def save_then_die(self, epoch, *args, **kwargs):
         original_save(self, epoch, *args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training._FineTuneBackup, "save", save_then_die)
+    monkeypatch.setattr(full.FineTuneBackup, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(dataset, tmp_path / "run", config, progress=False)
-    monkeypatch.setattr(training._FineTuneBackup, "save", original_save)
-    other = quick_config(tmp_path, epochs=1, fine_tune_layers=3, fine_tune_epochs=2, fine_tune_learning_rate=5e-4)
+    monkeypatch.setattr(full.FineTuneBackup, "save", original_save)
+    other = quick_config(tmp_path, epochs=1, fine_tune="full", fine_tune_layers=3, fine_tune_epochs=2, fine_tune_learning_rate=5e-4)
     result = train(dataset, tmp_path / "run", other, progress=False)
     assert "another split; starting phase 2 afresh" in caplog.text
     assert result.history["phase"].count("fine-tune") == 2
@@ -209,7 +209,7 @@ def test_fine_tuning_that_does_not_help_keeps_phase_one(tmp_path, caplog):
     head_only = train(dataset, tmp_path / "head", quick_config(tmp_path, epochs=3), progress=False)
     # A learning rate this large wrecks the base: no fine-tune epoch may replace phase 1.
     wrecked = train(dataset, tmp_path / "wrecked", quick_config(
-        tmp_path, epochs=3, fine_tune_layers=6, fine_tune_epochs=1, fine_tune_learning_rate=1e4), progress=False)
+        tmp_path, epochs=3, fine_tune="full", fine_tune_layers=6, fine_tune_epochs=1, fine_tune_learning_rate=1e4), progress=False)
     assert "keeping the phase-1 weights" in caplog.text
     assert wrecked.metrics["accuracy"] == pytest.approx(head_only.metrics["accuracy"])
     assert not list((tmp_path / "wrecked").glob("*.weights.h5"))
@@ -236,7 +236,7 @@ def test_bundle_carries_the_unknown_threshold_of_its_val_predictions(trained):
 def test_best_head_is_best_accuracy_then_lowest_loss(epochs, chosen):
     import keras
 
-    from detcrop.classify.training import BestWeights
+    from detcrop.classify.fitting import BestWeights
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     best = BestWeights()
@@ -287,7 +287,7 @@ def _follower(cancel_in: str | None = None, cancel_after: int = 0):
 def test_callbacks_follow_both_phases(tmp_path):
     dataset = make_dataset(tmp_path / "data", per_class=6)
     follower = _follower()
-    result = train(dataset, tmp_path / "run", quick_config(tmp_path, epochs=2, fine_tune_layers=3, fine_tune_epochs=2),
+    result = train(dataset, tmp_path / "run", quick_config(tmp_path, epochs=2, fine_tune="full", fine_tune_layers=3, fine_tune_epochs=2),
                    progress=False, callbacks=[follower])
     assert [(phase, epoch) for phase, epoch, _ in follower.seen] == [
         ("head", 0), ("head", 1), ("fine-tune", 0), ("fine-tune", 1)]
@@ -303,7 +303,7 @@ def test_a_callback_cancels_training(tmp_path, phase):
 
     dataset = make_dataset(tmp_path / "data", per_class=6)
     follower = _follower(cancel_in=phase, cancel_after=1)
-    config = quick_config(tmp_path, epochs=3, fine_tune_layers=3, fine_tune_epochs=3)
+    config = quick_config(tmp_path, epochs=3, fine_tune="full", fine_tune_layers=3, fine_tune_epochs=3)
     with pytest.raises(TrainingCancelled, match=f"cancelled by a callback in the {phase} phase after epoch 1") as error:
         train(dataset, tmp_path / "run", config, progress=False, callbacks=[follower])
     assert isinstance(error.value, DetcropError) and error.value.phase == phase

@@ -56,7 +56,7 @@ def test_auto_ensemble_is_the_backbones_measured_companion(tmp_path):
     assert resolve_ensemble(quick_config(tmp_path, backbone="efficientnet-lite0", ensemble="auto")) == "efficientnet-lite2"
     assert resolve_ensemble(quick_config(tmp_path, ensemble="auto")) == ""  # scratch: none measured
     assert resolve_ensemble(quick_config(tmp_path, backbone="efficientnet-lite0", ensemble="auto",
-                                         train_from="", fine_tune_layers=10)) == ""  # full fine-tuning: one model
+                                         fine_tune="full", fine_tune_layers=10)) == ""  # full fine-tuning: one model
     assert resolve_ensemble(quick_config(tmp_path, backbone="efficientnet-lite0", ensemble="")) == ""
 
 

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("keras")
 
 from detcrop.classify.bundle import load_bundle
-from detcrop.classify.partial_finetune import (ActivationCache, PartialSettings, pooled_features, refit,
-                                               restore_weights, split_at, trained_weights)
+from detcrop.classify.strategies.partial import (ActivationCache, PartialSettings, pooled_features, refit,
+                                                restore_weights, split_at, trained_weights)
 from detcrop.classify.training import train
 from detcrop.data.config import ConfigError
 from detcrop.data.images import load_image_array
@@ -79,8 +79,7 @@ def partial_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("partial")
     dataset = make_dataset(tmp_path / "data", per_class=10)
     # refit off (the default): the bundle is the validated model (test_refit_* covers refit).
-    config = quick_config(tmp_path, train_from="conv2", partial_epochs=3, partial_mixup=0.2, partial_zoom=0.8, epochs=2,
-                          refit=False)
+    config = quick_config(tmp_path, train_from="conv2", partial_epochs=3, epochs=2, refit=False)
     return tmp_path, dataset, train(dataset, tmp_path / "run", config, progress=False)
 
 
@@ -91,8 +90,7 @@ def test_train_with_partial_fine_tuning_writes_a_consistent_bundle(partial_run):
     assert {"features", "partial_train"} <= set(result.timings)
     assert result.metrics["feature_cache"]["folder"].split("/")[-1].startswith("scratch-32px-conv2-")
     folder = next((tmp_path / "cache" / "activations").glob("scratch-32px-conv2-*"))
-    for suffix in ("flip", "zoom80", "zoom80-flip"):  # every image's mirror and zoomed views, once
-        assert len(list(folder.glob(f"*.{suffix}.npy"))) == 30, suffix
+    assert len(list(folder.glob("*.flip.npy"))) == 30  # every image's mirror, once
     # Whatever phase won, the saved model reproduces the reported val accuracy from raw pixels.
     bundle = load_bundle(tmp_path / "run")
     split = json.loads((tmp_path / "run" / "split.json").read_text())
@@ -124,30 +122,11 @@ def test_partial_fine_tuning_changes_the_base_only_when_it_wins(tmp_path):
     assert result.metrics["accuracy"] >= head_best - 1e-9 or partial_best > head_best
 
 
-def test_zoom_views_are_centred_crops_of_each_image():
-    from detcrop.classify.features import centre_crop, parse_variant, variant_features, zoom_variants
-
-    assert zoom_variants(0.8) == ("zoom80", "zoom80-flip") and zoom_variants(0.0) == ()
-    assert parse_variant("zoom80-flip") == (0.8, True) and parse_variant("orig") == (1.0, False)
-    for bad in ("zoom", "zoom100", "zoom80-flop", "mirror"):
-        with pytest.raises(ValueError, match="unknown feature variant"):
-            parse_variant(bad)
-    image = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
-    np.testing.assert_array_equal(centre_crop(image, 0.8), image[1:9, 2:18])
-
-    def identity(batch, training=False):
-        return batch
-
-    outputs = variant_features(identity, [image], 8, ("orig", "zoom80", "zoom80-flip"))
-    np.testing.assert_allclose(outputs["zoom80-flip"], outputs["zoom80"][:, :, ::-1, :])
-    assert not np.allclose(outputs["zoom80"], outputs["orig"])
-
-
 @pytest.mark.parametrize("overrides, message", [
-    ({"train_from": "conv2", "fine_tune_layers": 3}, "choose one"),
-    ({"partial_zoom": 0.3}, "partial_zoom must be 0"),
-    ({"partial_epochs": 0}, "partial_epochs >= 1"),
-    ({"partial_mixup": -1.0}, "partial_mixup >= 0"),
+    ({"fine_tune": "some"}, "fine_tune must be one of none, partial, full"),
+    ({"fine_tune": "partial", "train_from": ""}, "train_from must name a block"),
+    ({"partial_epochs": 0}, "partial_epochs"),
+    ({"partial_shift": -1}, "partial_shift"),
 ])
 def test_bad_partial_settings_are_refused(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -155,7 +134,7 @@ def test_bad_partial_settings_are_refused(tmp_path, overrides, message):
 
 
 def test_stacked_views_put_view_v_of_row_i_at_v_times_rows_plus_i():
-    from detcrop.classify.partial_finetune import _stacked_views
+    from detcrop.classify.strategies.partial import _stacked_views
 
     maps = {"orig": np.arange(10, dtype=np.float16).reshape(5, 1, 1, 2),
             "flip": -np.arange(10, dtype=np.float16).reshape(5, 1, 1, 2)}
@@ -166,7 +145,7 @@ def test_stacked_views_put_view_v_of_row_i_at_v_times_rows_plus_i():
 
 
 def test_training_stream_repeats_and_each_epoch_is_one_pass_over_the_rows():
-    from detcrop.classify.partial_finetune import _train_dataset
+    from detcrop.classify.strategies.partial import _train_dataset
 
     # Example i's maps are all i (both views), so a batch names the examples it holds; no shift, so values stay.
     count, batch_size = 11, 4
@@ -182,17 +161,17 @@ def test_training_stream_repeats_and_each_epoch_is_one_pass_over_the_rows():
 
 
 def test_every_stream_fit_reads_runs_without_tf_data_autotuning():
-    # With autotuning on, ending a fit often waited 10-20 s with both cores idle (README, "The stall fix").
+    # With autotuning on, ending a fit often waited with both cores idle (RESULTS.md#autotune-stall).
     from detcrop.classify.baseline.training import _dataset
-    from detcrop.classify.partial_finetune import _train_dataset
-    from detcrop.classify.training import _epoch_batches, _in_order_batches
+    from detcrop.classify.strategies.partial import _train_dataset
+    from detcrop.classify.fitting import epoch_batches, in_order_batches
 
     views = np.zeros((8, 2, 2, 3), np.float16)
     streams = {
         "baseline": _dataset(np.zeros((4, 3, 3, 1), np.uint8), np.arange(4) % 2, 2, 0),
         "partial fine-tuning": _train_dataset(views, np.arange(4) % 2, 2, PartialSettings(train_from="conv2"), None),
-        "head": _epoch_batches(np.zeros((4, 5), np.float32), np.eye(2, dtype=np.float32)[[0, 1, 0, 1]], 2, 0, 3)[0],
-        "fine-tuning val": _in_order_batches(np.zeros((4, 5), np.float32), np.zeros((4, 2), np.float32), 2),
+        "head": epoch_batches(np.zeros((4, 5), np.float32), np.eye(2, dtype=np.float32)[[0, 1, 0, 1]], 2, 0, 3)[0],
+        "fine-tuning val": in_order_batches(np.zeros((4, 5), np.float32), np.zeros((4, 2), np.float32), 2),
     }
     for name, stream in streams.items():
         assert stream.options().autotune.enabled is False, name
@@ -202,7 +181,7 @@ def test_refit_starts_from_the_given_weights_and_trains_on_the_given_rows():
     import keras
 
     from detcrop.classify.backbones import build_base
-    from detcrop.classify.training import build_head
+    from detcrop.classify.model import build_head
 
     base, _ = build_base("scratch", 32, None, seed=0)
     upper = split_at(base, "conv2")[1]
@@ -220,9 +199,12 @@ def test_refit_starts_from_the_given_weights_and_trains_on_the_given_rows():
         def on_train_batch_end(self, batch, logs=None):
             Batches.count += 1
 
+    from detcrop.classify.fitting import EpochLog
+
     history: dict[str, list] = {}
     settings = PartialSettings(train_from="conv2", epochs=2, learning_rate=1e-12, batch_size=4)
-    seconds = refit(upper, head, settings, maps, labels, rows, 3, start, history, callbacks=[Batches()])
+    seconds = refit(upper, head, settings, maps, labels, rows, 3, start,
+                    callbacks=[EpochLog(history, None, "refit").callback(), Batches()])
     assert seconds > 0 and Batches.count == 2 * 3  # 2 epochs of ceil(10 / 4) batches: only `rows` train
     assert history["phase"] == ["refit", "refit"] and history["val_accuracy"] == [None, None]
     for now, then in zip(trained_weights(upper, head)[0] + [trained_weights(upper, head)[1]],
@@ -233,17 +215,17 @@ def test_refit_starts_from_the_given_weights_and_trains_on_the_given_rows():
 
 def _refit_run(tmp_path, monkeypatch, frozen_accuracy: float, callbacks=()):
     """A scratch run with refit on; the frozen head's val accuracy is forced (-1: fine-tuning always wins)."""
-    from detcrop.classify import partial_finetune, training
+    from detcrop.classify.strategies import partial
 
     seen_rows = []
-    real_refit = partial_finetune.refit
+    real_refit = partial.refit
 
     def recording_refit(upper, head, settings, maps, labels, rows, *args, **kwargs):
         seen_rows.append(np.asarray(rows))
         return real_refit(upper, head, settings, maps, labels, rows, *args, **kwargs)
 
-    monkeypatch.setattr(partial_finetune, "refit", recording_refit)
-    monkeypatch.setattr(training, "head_val_accuracy", lambda *args: frozen_accuracy)
+    monkeypatch.setattr(partial, "refit", recording_refit)
+    monkeypatch.setattr(partial, "head_val_accuracy", lambda *args: frozen_accuracy)
     dataset = make_dataset(tmp_path / "data", per_class=10)
     config = quick_config(tmp_path, train_from="conv2", partial_epochs=2, epochs=1, refit=True)
     return train(dataset, tmp_path / "run", config, progress=False, callbacks=callbacks), seen_rows
@@ -254,7 +236,7 @@ def test_refit_trains_the_bundle_on_train_and_val_after_the_val_figures(tmp_path
     run = tmp_path / "run"
     history = json.loads((run / "history.json").read_text())
     split = json.loads((run / "split.json").read_text())
-    assert result.metrics["refit"] == ["scratch"] and "partial_refit" in result.timings
+    assert result.metrics["refit"] == ["scratch"] and "refit" in result.timings
     assert json.loads((run / "metrics.json").read_text())["refit"] == ["scratch"]
     assert load_bundle(run).metadata.metrics["refit"] == ["scratch"]
     assert history["phase"].count("partial") == 2 and history["phase"].count("refit") == 2
@@ -267,7 +249,7 @@ def test_refit_trains_the_bundle_on_train_and_val_after_the_val_figures(tmp_path
 
 def test_refit_is_skipped_when_fine_tuning_did_not_win(tmp_path, monkeypatch):
     result, seen_rows = _refit_run(tmp_path, monkeypatch, 2.0)  # no val accuracy beats 2: the frozen head stays
-    assert seen_rows == [] and result.metrics["refit"] == [] and "partial_refit" not in result.timings
+    assert seen_rows == [] and result.metrics["refit"] == [] and "refit" not in result.timings
     assert "refit" not in load_bundle(tmp_path / "run").metadata.metrics
 
 
@@ -287,12 +269,11 @@ def test_a_callback_can_cancel_during_refit(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "model.keras").exists()
 
 
-@pytest.mark.parametrize("batchnorm", [False, True])
-def test_batchnorm_stays_frozen_unless_asked_then_trains_as_in_ordinary_fine_tuning(batchnorm):
+def test_batchnorm_stays_frozen_while_the_blocks_above_the_cut_train():
     import keras
 
     from detcrop.classify.backbones.efficientnet_lite import build_efficientnet_lite0
-    from detcrop.classify.training import build_head
+    from detcrop.classify.model import build_head
 
     upper = split_at(build_efficientnet_lite0((64, 64, 3), weights=None), "block6a")[1]
     head = build_head(int(upper.output.shape[-1]), 3, 0.0, 0)
@@ -301,9 +282,9 @@ def test_batchnorm_stays_frozen_unless_asked_then_trains_as_in_ordinary_fine_tun
     before = {layer.name: [np.array(value) for value in layer.get_weights()] for layer in norms + convs}
     rng = np.random.default_rng(0)
     maps = {view: rng.normal(size=(8, 4, 4, 112)).astype(np.float16) for view in ("orig", "flip")}
-    settings = PartialSettings(train_from="block6a", epochs=1, learning_rate=1e-2, batch_size=4, batchnorm=batchnorm)
+    settings = PartialSettings(train_from="block6a", epochs=1, learning_rate=1e-2, batch_size=4)
     refit(upper, head, settings, maps, np.arange(8) % 3, np.arange(8), 3, trained_weights(upper, head))
-    for layer in norms:  # scale, offset, moving mean, moving variance: all move with it on, none without
-        moved = [not np.array_equal(now, then) for now, then in zip(layer.get_weights(), before[layer.name])]
-        assert moved == [batchnorm] * 4, (layer.name, moved)
+    for layer in norms:  # scale, offset, moving mean, moving variance: none moves
+        for now, then in zip(layer.get_weights(), before[layer.name]):
+            np.testing.assert_array_equal(now, then)
     assert all(not np.array_equal(layer.get_weights()[0], before[layer.name][0]) for layer in convs)

@@ -45,29 +45,30 @@ def test_coverage_table_rows():
 
 
 def test_presets_and_their_overrides():
-    from detcrop.classify.training import make_train_config, member_configs, resolve_ensemble, resolve_train_from
-    from detcrop.data.config import ConfigError
+    from detcrop.classify.config import member_configs, resolve_ensemble, resolve_fine_tune, resolve_train_from
+    from detcrop.classify.training import make_train_config
 
+    # The default: Lite0 + Lite2, both partially fine-tuned at their own cuts and refit.
     assert resolve_train_from(make_train_config()) == "block6b"
     assert resolve_ensemble(make_train_config()) == "efficientnet-lite2"
-    # The default: Lite0 from block6b, Lite2 from block6c, both refit, the head at most 20 epochs before.
     assert [(item.backbone, resolve_train_from(item), item.refit, item.partial_head_epochs)
             for item in member_configs(make_train_config())] == [
         ("efficientnet-lite0", "block6b", True, 20), ("efficientnet-lite2", "block6c", True, 20)]
-    assert resolve_train_from(make_train_config(preset="fast")) == ""
-    assert resolve_ensemble(make_train_config(preset="fast")) == ""  # one frozen model
-    assert resolve_train_from(make_train_config({"backbone": "scratch"})) == ""
-    assert resolve_train_from(make_train_config({"fine_tune_layers": 20})) == ""  # full fine-tuning asked for
-    best = make_train_config(preset="best")
-    assert [(item.backbone, item.input_size) for item in member_configs(best)] == [
-        ("efficientnet-lite0", 224), ("efficientnet-lite2", 224)]
-    # 12 partial epochs in both; `best` cuts Lite2 at block6b too and gives the head its full epochs.
-    assert make_train_config().partial_epochs == 12 and not make_train_config(preset="fast").refit
-    assert {(item.partial_epochs, item.refit, resolve_train_from(item), item.partial_head_epochs)
-            for item in member_configs(best)} == {(12, True, "block6b", 60)}
-    assert make_train_config({"input_size": 64}, preset="best").input_size == 64  # flags win over the preset
+    fast = make_train_config(preset="fast")
+    assert resolve_fine_tune(fast) == "none" and resolve_train_from(fast) == "" and resolve_ensemble(fast) == ""
+    assert not fast.refit and fast.input_size == 320
+    scratch = make_train_config({"backbone": "scratch"})  # no known cut: the head alone
+    assert resolve_fine_tune(scratch) == "none" and resolve_train_from(scratch) == ""
+    full = make_train_config({"fine_tune": "full"})  # full fine-tuning: one model, no cut
+    assert resolve_train_from(full) == "" and resolve_ensemble(full) == "" and resolve_fine_tune(full) == "full"
+    page = make_train_config(preset="page")
+    assert (page.fine_tune, page.ensemble, page.flip_features, page.tta_flip) == ("none", "", False, False)
+    assert make_train_config().partial_epochs == 12
+    assert make_train_config({"input_size": 64}, preset="fast").input_size == 64  # flags win over the preset
     with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
         make_train_config(preset="fastest")
+    with pytest.raises(ConfigError, match="RESULTS.md#preset-best"):
+        make_train_config(preset="best")
 
 
 def test_train_writes_coverage_report_threshold_and_tensorboard_logs(tmp_path):

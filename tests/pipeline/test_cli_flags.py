@@ -22,12 +22,29 @@ POSITIONALS = {"train": ["data", "--out", "run"], "baseline": [], "crop": ["phot
 
 @pytest.mark.parametrize("command, config", COMMAND_CONFIGS.items())
 def test_every_config_field_is_a_flag_with_its_comment_as_help(command, config):
+    from detcrop.classify.config import CLI_FLAGS
+
     helps = field_help(config)
     parser = build_parser()
     usage = parser._subparsers._group_actions[0].choices[command].format_help()
     for item in dataclasses.fields(config):
         assert helps[item.name], f"{config.__name__}.{item.name} has no comment"
-        assert "--" + item.name.replace("_", "-") in usage, item.name
+        assert len(helps[item.name].split()) <= 20, f"{config.__name__}.{item.name}: help over 20 words"
+        flag = "--" + item.name.replace("_", "-")
+        listed = command != "train" or item.name in CLI_FLAGS  # train --help lists the common ones
+        assert (flag in usage) == listed, item.name
+        if item.type != "bool" and "tuple" not in str(item.type):  # every field is a flag, listed or not
+            args = build_parser().parse_args([command, *POSITIONALS[command], flag, "7"])
+            assert config_overrides(args, config) == {item.name: "7"}
+
+
+def test_train_help_lists_at_most_24_option_spellings():
+    import argparse
+
+    parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    spellings = [option for action in parser._actions if action.help != argparse.SUPPRESS
+                 for option in action.option_strings if not option.startswith("--no-")]
+    assert len(spellings) <= 24, spellings
 
 
 @pytest.mark.parametrize("command", ["train", "baseline"])

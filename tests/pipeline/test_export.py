@@ -35,39 +35,6 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def memory_run_dir(tmp_path_factory):
-    """A bundle whose head is blended with a nearest-neighbour memory (classify.memory), as `train` writes them."""
-    from detcrop.classify.memory import blend_with_memory
-
-    keras.utils.set_random_seed(2)
-    features = keras.Input((16,))
-    head = keras.Model(features, keras.layers.Dense(len(CLASSES), activation="softmax")(features))
-    rng = np.random.default_rng(0)
-    memory = rng.normal(size=(40, 16)).astype(np.float32)
-    with_memory = blend_with_memory(head, memory, rng.integers(0, len(CLASSES), 40), len(CLASSES), 0.02, 0.5)
-    inputs = keras.Input((None, None, 3))
-    x = keras.layers.Resizing(48, 48, antialias=True, name=RESIZE_LAYER_NAME)(inputs)
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
-    outputs = with_memory(keras.layers.GlobalAveragePooling2D()(x))
-    run = tmp_path_factory.mktemp("memory-run")
-    save_bundle(run, keras.Model(inputs, outputs), {
-        "class_names": list(CLASSES), "input_size": 48, "backbone": "test", "weights_source": "random",
-        "metrics": {}, "config": {}, "tta_flip": True,
-    })
-    return run
-
-
-@pytest.mark.parametrize("export_format", ["savedmodel", "tflite", "onnx"])
-def test_export_parity_with_a_memory(memory_run_dir, real_photos, tmp_path, export_format):
-    out = tmp_path / "export"
-    export_bundle(memory_run_dir, out, export_format, False)
-    expected = load_bundle(memory_run_dir).predict(real_photos, tta_flip=False)
-    assert not np.allclose(expected, expected[:1])  # the photos get different answers
-    np.testing.assert_allclose(ExportedModel(out).predict(real_photos), expected, atol=1e-5)
-
-
-@pytest.fixture(scope="module")
 def real_photos():
     skimage_data = pytest.importorskip("skimage.data")
     photos = [skimage_data.chelsea(), skimage_data.coffee(), skimage_data.rocket()]

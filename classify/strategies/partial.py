@@ -1,7 +1,7 @@
-"""Fine-tuning the top of a frozen base on activations cached once at a cut.
+"""``fine_tune: partial`` (the default): the top of a frozen base fine-tuned on activations cached once at a cut.
 
 Full fine-tuning runs the whole base forward and backward on every image every epoch, which
-on 2 CPU cores costs minutes per epoch. Most of that work is in the lower blocks, which a
+on a CPU costs minutes per epoch. Most of that work is in the lower blocks, which a
 small dataset should not change anyway. So the base is cut in two at a block (`train_from`,
 e.g. ``block6a`` of EfficientNet-Lite0):
 
@@ -10,9 +10,8 @@ e.g. ``block6a`` of EfficientNet-Lite0):
   (image content hash, backbone, input size, weights source, cut; see `ActivationCache`);
 - the **upper part** (the blocks from the cut up, the head conv) and the classifier head
   train on those cached maps, BatchNorm frozen and in inference mode, with augmentation that
-  works on maps: a cached view chosen at random (the image, its mirror and, with ``zoom``,
-  their centred crops), random shifts of the maps by up to `shift` cells (symmetric padding,
-  then a random crop back to size) and optional mixup.
+  works on maps: a cached view chosen at random (the image or its mirror) and random shifts
+  of the maps by up to `shift` cells (symmetric padding, then a random crop back to size).
 
 The frozen head that fine-tuning starts from is trained on ``pool(upper(maps))``
 (`pooled_features`): only the blocks above the cut run for it, so a run pays for one pass of
@@ -21,14 +20,16 @@ the lower part per image instead of that and a second pass through the whole bas
 The upper layers are the base's own layers, so training them updates the base in place and
 the bundle is composed exactly as for a frozen base. The kept epoch is the best val
 accuracy (ties to the lower val loss); the result replaces the frozen head only if it beats
-the frozen head's val accuracy.
+the frozen head's val accuracy. With `TrainConfig.refit`, the recipe val measured is then run
+again on train + val for the bundle (`refit`).
 
-Example (what `train` does with ``TrainConfig(train_from="block6a")``)::
+Example (what `train` does with ``TrainConfig(train_from="block6a")``; `run` is this for one member)::
 
     lower, upper, cut = activation_model(base, preprocessing, "block6a", 224)
     maps = extract_features(paths, sha256s, lower, ActivationCache(...), 224, ("orig", "flip")).features
     features = pooled_features(upper, maps)  # the frozen head's, per view
     result = partial_fine_tune(upper, head, settings, maps, labels, train_rows, val_rows, classes)
+    refit(upper, head, settings, maps, labels, all_rows, classes, start)  # when it paid and refit is on
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ from typing import Sequence
 
 import numpy as np
 
+from detcrop.classify.config import resolve_train_from
 from detcrop.classify.features import ArrayCache
+from detcrop.classify.fitting import BestWeights, class_weights, compile_classifier, phase_callbacks, steady_stream
+from detcrop.classify.model import compose_model, head_val_accuracy
+from detcrop.classify.strategies import MemberJob, Outcome, flip_averaged
 from detcrop.data.cache import cache_dir
 from detcrop.data.config import ConfigError
 
@@ -50,12 +55,8 @@ logger = logging.getLogger(__name__)
 
 #: Bumped when the way activations are computed changes (invalidates every cache folder).
 ACTIVATION_VERSION = 1
-#: Val maps per forward pass while fine-tuning measures each epoch: one Lite0 epoch from block6b took
-#: 11.5 s with Keras' default of 32, 10.8 s with 256, 10.1 s with no val at all (1,974 train, 494 val maps).
+#: Val maps per forward pass while fine-tuning measures each epoch: RESULTS.md#val-batch-size.
 VAL_BATCH_SIZE = 256
-#: Where `TrainConfig(train_from="auto")` cuts each backbone (watches-brands' val split; README): block6b, and
-#: Lite2 from block6c (as good on val as earlier cuts, 20% faster per epoch: with it the refit default fits 15 minutes).
-DEFAULT_CUTS = {"efficientnet-lite0": "block6b", "efficientnet-lite1": "block6b", "efficientnet-lite2": "block6c"}
 
 
 def default_activation_cache_dir() -> Path:
@@ -92,9 +93,6 @@ class PartialSettings:
     epochs: int = 12  # epochs on cached activations (partial_epochs)
     learning_rate: float = 5e-4  # peak Adam learning rate, cosine decay to 0 after one warm-up epoch (partial_learning_rate)
     shift: int = 1  # random shift of the maps by up to this many cells (partial_shift)
-    mixup: float = 0.0  # mixup Beta(a, a) parameter; 0 = off (partial_mixup)
-    batchnorm: bool = False  # BatchNorm trains too, as in ordinary fine-tuning: batch statistics while training,
-    # moving statistics that adapt to these images, scale and offset learnt (partial_batchnorm)
     batch_size: int = 32
     label_smoothing: float = 0.1
     class_weights: bool = True
@@ -108,12 +106,8 @@ class PartialResult:
     improved: bool  # False: the frozen head was better on val and the base was restored
     best_epoch: int  # 0-based epoch kept
     val_acc: float  # val accuracy of the kept weights (no TTA)
-    history: dict[str, list]
     val_probabilities: np.ndarray | None  # (len(val_rows), classes) of the kept model, flip-TTA averaged when asked
     timings: dict[str, float]
-    # Set by `training._partial_fine_tune` when the nearest-neighbour memory is on (classify.memory):
-    memory_features: dict[str, np.ndarray] | None = None  # validated weights: "orig" of every row, "val_flip" (flip TTA)
-    bundle_features: np.ndarray | None = None  # the bundle's weights (after any refit): pooled "orig" of every row
 
 
 def split_at(base, train_from: str):
@@ -162,8 +156,8 @@ def pooled_features(upper, maps: dict[str, np.ndarray], batch_size: int = 64) ->
     """The frozen base's pooled features from maps cached at the cut, per view: ``pool(upper(maps))``, float32.
 
     Only the blocks above the cut run, so features of a partial fine-tuning run cost a fraction
-    of a second forward pass through the whole base. One small model, traced (not called eagerly),
-    serves every view (eager calls took 1.6x as long: 5.5 s against 3.1-3.4 s for 2,468 maps of Lite0 at `block6b`).
+    of a second forward pass through the whole base. One small model, traced (not called eagerly:
+    RESULTS.md#pooled-features), serves every view.
     """
     import keras
 
@@ -183,19 +177,17 @@ def pooled_features(upper, maps: dict[str, np.ndarray], batch_size: int = 64) ->
     return features
 
 
-def _trainable_model(upper, head, map_shape, batchnorm: bool = False):
-    """maps -> upper -> pool -> head; BatchNorm frozen (inference mode) unless `batchnorm`.
+def _trainable_model(upper, head, map_shape):
+    """maps -> upper -> pool -> head; BatchNorm frozen, so in inference mode (RESULTS.md#trained-batchnorm).
 
-    A frozen Keras BatchNormalization always runs in inference mode. A trainable one follows the
-    outer model's training flag (Keras 3's functional models pass `fit`'s training=True down to every
-    layer, whatever the nested call said), so with `batchnorm` it normalises by batch statistics
-    while fitting and its moving statistics move towards these images', as in ordinary fine-tuning.
+    A frozen Keras BatchNormalization always runs in inference mode; a trainable one would follow
+    the outer model's training flag whatever the nested call said (Keras 3).
     """
     import keras
 
     for layer in upper.layers:
-        # By default BatchNorm keeps the statistics learnt on far more images than these.
-        layer.trainable = bool(layer.weights) and (batchnorm or not isinstance(layer, keras.layers.BatchNormalization))
+        # BatchNorm keeps the statistics learnt on far more images than these.
+        layer.trainable = bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
     inputs = keras.Input(map_shape, name="maps")
     x = upper(inputs)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -213,13 +205,12 @@ def _stacked_views(maps: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
 
 def _train_dataset(views: np.ndarray, labels: np.ndarray, classes: int, settings: PartialSettings,
                    sample_weights: np.ndarray | None):
-    """Batches of augmented maps: a random view (the image, its mirror, zoomed views), a random shift, optional mixup.
+    """Batches of augmented maps: a random view (the image or its mirror) and a random shift.
 
     `views` holds every view of each example (`_stacked_views`: row v * len(labels) + i is view v of example i).
-    The stream repeats, reshuffled on each pass: fit it with ``steps_per_epoch`` = one pass. Keras makes a
-    new iterator per epoch over a finite dataset, and on 2 cores that often stalled the next epoch's
-    start for about 10 s with both cores idle (about half the epochs; README); tf.data's autotuning,
-    off here (`steady_stream`), made the end of a fit wait the same way.
+    The stream repeats, reshuffled on each pass: fit it with ``steps_per_epoch`` = one pass. A new
+    iterator per epoch over a finite dataset, and tf.data's autotuning (off here, `steady_stream`),
+    both stalled epochs with the cores idle (RESULTS.md#autotune-stall).
     """
     import tensorflow as tf
 
@@ -248,21 +239,6 @@ def _train_dataset(views: np.ndarray, labels: np.ndarray, classes: int, settings
             .shuffle(len(labels), seed=settings.seed, reshuffle_each_iteration=True)
             .map(augment)
             .batch(settings.batch_size))
-    if settings.mixup > 0:
-        alpha = settings.mixup
-
-        def mix(maps, target, weight):
-            # lam ~ Beta(alpha, alpha) as a ratio of two Gamma(alpha) draws.
-            draws = tf.random.gamma([2], alpha)
-            lam = draws[0] / (draws[0] + draws[1])
-            order = tf.random.shuffle(tf.range(tf.shape(maps)[0]))
-            maps = lam * maps + (1 - lam) * tf.gather(maps, order)
-            target = lam * target + (1 - lam) * tf.gather(target, order)
-            return maps, target, weight
-
-        data = data.map(mix)
-    from detcrop.classify.training import steady_stream  # training imports this module lazily too
-
     return steady_stream(data.repeat().prefetch(2))
 
 
@@ -283,11 +259,9 @@ def _compiled_run(upper, head, settings: PartialSettings, maps: dict[str, np.nda
     import keras
 
     rows_y = labels[rows]
-    model = _trainable_model(upper, head, maps["orig"].shape[1:], settings.batchnorm)
+    model = _trainable_model(upper, head, maps["orig"].shape[1:])
     sample_weights = None
     if settings.class_weights:
-        from detcrop.classify.training import class_weights  # training imports this module lazily too
-
         per_class = class_weights(rows_y, classes)
         sample_weights = np.array([per_class[index] for index in range(classes)])[rows_y]
     # The map augmentation draws from TensorFlow's unseeded stateful ops: not bit-for-bit repeatable.
@@ -297,73 +271,98 @@ def _compiled_run(upper, head, settings: PartialSettings, maps: dict[str, np.nda
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=max(1, steps * settings.epochs - warmup), warmup_target=settings.learning_rate,
         warmup_steps=warmup)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.CategoricalCrossentropy(),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    compile_classifier(model, schedule)  # the targets are smoothed in the stream
     return model, data, steps
 
 
 def partial_fine_tune(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
                       train_rows: np.ndarray, val_rows: np.ndarray, classes: int, frozen_val_acc: float = -1.0,
-                      tta_flip: bool = True, history: dict[str, list] | None = None,
-                      callbacks: Sequence = (), start: tuple[list, list] | None = None, phase: str = "partial",
-                      history_path: Path | None = None) -> PartialResult:
+                      tta_flip: bool = True, callbacks: Sequence = (),
+                      start: tuple[list, list] | None = None) -> PartialResult:
     """Fine-tune `upper` (the base from `settings.train_from` up, see `activation_model`) and `head`.
 
-    `maps` holds every image's cached activations per variant ("orig", "flip", and any zoomed
-    views: training picks one of them at random, validation uses "orig" and "flip"), row-aligned
-    with `labels`; `train_rows` and `val_rows` index them. `upper` and `head` are updated in
-    place; when the best epoch does not beat `frozen_val_acc` they are restored to `start` (their
-    `trained_weights` before fine-tuning; taken here when not given) and `improved` is False.
-    Each epoch appends a row to `history` under `phase` (and rewrites `history_path`, when given).
+    `maps` holds every image's cached activations per view ("orig", "flip": training picks one
+    at random, validation uses both), row-aligned with `labels`; `train_rows` and `val_rows`
+    index them. `upper` and `head` are updated in place; when the best epoch does not beat
+    `frozen_val_acc` they are restored to `start` (their `trained_weights` before fine-tuning;
+    taken here when not given) and `improved` is False. `callbacks` follow the fit (history
+    rows: `fitting.EpochLog`).
     """
     import keras
 
     timings: dict[str, float] = {}
-    history = {} if history is None else history
-    orig, flip = maps["orig"], maps["flip"]
-    val_orig, val_flip = orig[val_rows], flip[val_rows]
-    val_y = labels[val_rows]
+    val_views = {view: maps[view][val_rows].astype(np.float32) for view in ("orig", "flip")}
     start = trained_weights(upper, head) if start is None else start
     model, data, steps = _compiled_run(upper, head, settings, maps, labels, train_rows, classes)
-    val_targets = keras.utils.to_categorical(val_y, classes)
-    from detcrop.classify.training import BestWeights, EpochLog  # training imports this module lazily too
-
     best = BestWeights()
     tick = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, validation_data=(val_orig.astype(np.float32), val_targets),
+    model.fit(data, steps_per_epoch=steps,
+              validation_data=(val_views["orig"], keras.utils.to_categorical(labels[val_rows], classes)),
               validation_batch_size=VAL_BATCH_SIZE, epochs=settings.epochs, verbose=0, shuffle=False,
-              callbacks=[best.callback(), EpochLog(history, history_path, phase).callback(), *callbacks])
+              callbacks=[best.callback(), *callbacks])
     timings["train"] = time.perf_counter() - tick
     val_acc = best.key[0]
     if val_acc <= frozen_val_acc:
         logger.info("partial fine-tuning reached val_acc %.4f, not above the frozen head's %.4f: keeping the "
                     "frozen base and head", val_acc, frozen_val_acc)
         restore_weights(upper, head, start)
-        return PartialResult(False, best.epoch, val_acc, history, None, timings)
+        return PartialResult(False, best.epoch, val_acc, None, timings)
     model.set_weights(best.weights)
-    probabilities = np.asarray(model.predict(val_orig.astype(np.float32), batch_size=VAL_BATCH_SIZE, verbose=0))
-    if tta_flip:
-        probabilities = (probabilities + np.asarray(model.predict(val_flip.astype(np.float32),
-                                                                  batch_size=VAL_BATCH_SIZE, verbose=0))) / 2
-    return PartialResult(True, best.epoch, val_acc, history, probabilities, timings)
+    probabilities = flip_averaged(lambda views: model.predict(views, batch_size=VAL_BATCH_SIZE, verbose=0),
+                                  val_views, tta_flip)
+    return PartialResult(True, best.epoch, val_acc, probabilities, timings)
 
 
 def refit(upper, head, settings: PartialSettings, maps: dict[str, np.ndarray], labels: np.ndarray,
-          rows: np.ndarray, classes: int, start: tuple[list, list], history: dict[str, list] | None = None,
-          callbacks: Sequence = (), phase: str = "refit", history_path: Path | None = None) -> float:
+          rows: np.ndarray, classes: int, start: tuple[list, list], callbacks: Sequence = ()) -> float:
     """Fine-tune `upper` and `head` again from `start` (`trained_weights` before fine-tuning) on `rows`; seconds.
 
-    `train` calls it after `partial_fine_tune` chose and measured the recipe on its val split,
+    `run` calls it after `partial_fine_tune` chose and measured the recipe on its val split,
     with `rows` = train + val: the same settings and epochs on every labelled image, keeping the
-    last epoch, since no rows are left to choose another. The val figures stay those of the
-    validated run. History rows (no val figures) go under `phase`, as in `partial_fine_tune`.
+    last epoch, since no rows are left to choose another (RESULTS.md#refit). The val figures
+    stay those of the validated run.
     """
-    from detcrop.classify.training import EpochLog  # training imports this module lazily too
-
     restore_weights(upper, head, start)
     model, data, steps = _compiled_run(upper, head, settings, maps, labels, rows, classes)
     tick = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=settings.epochs, verbose=0, shuffle=False,
-              callbacks=[EpochLog({} if history is None else history, history_path, phase).callback(), *callbacks])
+    model.fit(data, steps_per_epoch=steps, epochs=settings.epochs, verbose=0, shuffle=False, callbacks=list(callbacks))
     return time.perf_counter() - tick
+
+
+def settings_of(config) -> PartialSettings:
+    """The `PartialSettings` of a `TrainConfig`."""
+    return PartialSettings(train_from=resolve_train_from(config), epochs=config.partial_epochs,
+                           learning_rate=config.partial_learning_rate, shift=config.partial_shift,
+                           batch_size=config.batch_size, label_smoothing=config.label_smoothing,
+                           class_weights=config.class_weights, seed=config.seed)
+
+
+def run(job: MemberJob) -> Outcome:
+    """Partial fine-tuning of one member from its trained head; then, when it paid on val and `refit`, the refit."""
+    config, examples = job.config, job.examples
+    settings = settings_of(config)
+    upper = split_at(job.extractor.base, settings.train_from)[1]
+    start = trained_weights(upper, job.head)  # where a losing run restores to, and where a refit starts again
+    watch, callbacks = phase_callbacks(job.tag + "partial", settings.epochs, job.run_dir, job.history, job.callbacks,
+                                       job.progress)
+    result = partial_fine_tune(upper, job.head, settings, job.maps, examples.labels, examples.train, examples.val,
+                               job.classes, frozen_val_acc=head_val_accuracy(job.head, examples, job.features),
+                               tta_flip=config.tta_flip, callbacks=callbacks, start=start)
+    watch.raise_if_cancelled(job.run_dir)
+    timings = {f"partial_{key}": value for key, value in result.timings.items()}
+    model = compose_model(config.input_size, job.extractor.preprocessing, job.extractor.base, job.head)
+    if not result.improved:
+        if config.refit:
+            logger.info("refit skipped: partial fine-tuning did not beat the frozen head on val, which the bundle keeps")
+        probabilities = flip_averaged(lambda features: job.head(features, training=False),
+                                      {view: job.features[view][examples.val] for view in ("orig", "flip")},
+                                      config.tta_flip)
+        return Outcome(model, probabilities, examples, timings=timings)
+    if config.refit:
+        # The recipe paid on val: the bundle gets it trained on every labelled image (val too).
+        watch, callbacks = phase_callbacks(job.tag + "refit", settings.epochs, job.run_dir, job.history,
+                                           job.callbacks, job.progress)
+        timings["refit"] = refit(upper, job.head, settings, job.maps, examples.labels, examples.labelled(),
+                                 job.classes, start, callbacks)
+        watch.raise_if_cancelled(job.run_dir)
+    return Outcome(model, result.val_probabilities, examples, refit=config.refit, timings=timings)
