@@ -8,7 +8,7 @@
   resize the bundle uses (`ScaleAndTranslate`), so the exported graph starts after the
   resize layer and the caller resizes to S x S first (antialiased bilinear, as
   `classify.bundle.resize_images` does); `--quantize` applies dynamic-range quantization
-  (int8 weights, float activations; about 4x smaller).
+  (int8 weights, float activations; a smaller file).
 - `onnx`: the same post-resize model as TFLite (float32 `[batch, S, S, 3]` raw 0..255 pixels,
   resized by the caller), converted by tf2onnx for ONNX Runtime; probabilities out.
 

@@ -48,10 +48,10 @@ def build_fast_cnn(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes:
     """The ``fast`` recipe's CNN; inputs are 0..255 floats (scaled to -1..1 inside).
 
     The seed's layout (and cost per image) with batch norm after the second and third
-    convolutions and dropout around the hidden Dense layer. Batch norm lets a 3x larger
-    learning rate and 4x larger batches train it in half the epochs; it is left out after
-    the first convolution, where on a CPU it would cost more time than the whole convolution
-    (26x26x32 activations per image) and buys little.
+    convolutions and dropout around the hidden Dense layer. Batch norm lets a larger learning
+    rate and larger batches train it in fewer epochs; it is left out after the first
+    convolution, where on a CPU it would cost more time than the convolution itself
+    (RESULTS.md#baseline).
     """
     import keras
     from keras import layers

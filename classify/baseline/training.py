@@ -101,7 +101,7 @@ def _dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle_se
     if shuffle_seed is not None:
         data = data.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
     data = data.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    # Autotuning off: with it on, 3 of 8 Fashion-MNIST epochs took about 20 s instead of 11 (README).
+    # Autotuning off: with it on, epochs stalled with the cores idle (RESULTS.md#autotune-stall).
     return steady_stream(data.prefetch(2))
 
 
