@@ -19,6 +19,7 @@ import numpy as np
 from detcrop.data.atomic import atomic_write_bytes
 from detcrop.data.cache import cache_dir
 from detcrop.data.layout import MODEL_NAME
+from detcrop.data.progress import status_line
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ def onnx_bundle(bundle, run_dir: str | os.PathLike, cache_root: str | os.PathLik
     if not target.is_file():
         logger.info("converting %s to ONNX (once; cached as %s)", run_dir, target)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, onnx_classifier_bytes(bundle))
+        with status_line("converting the classifier to ONNX (once)"):
+            payload = onnx_classifier_bytes(bundle)
+        atomic_write_bytes(target, payload)
     return dataclasses.replace(bundle, model=OnnxClassifier(target, len(bundle.class_names)))
 
 

@@ -32,6 +32,7 @@ from detcrop.data.atomic import atomic_write_bytes
 from detcrop.data.cache import cache_dir
 from detcrop.data.errors import DetcropError
 from detcrop.data.images import file_sha256
+from detcrop.data.progress import status_line
 from detcrop.detect.base import DetectorLoadError, check_image
 from detcrop.detect.detections import Detections
 from detcrop.detect.labels import coco_labels
@@ -151,7 +152,8 @@ def converted_ssd_path(graph_path: str | os.PathLike, cache_root: str | os.PathL
         return target
     started = time.perf_counter()
     logger.info("converting %s to ONNX (once; cached as %s)", graph_path, target)
-    payload = convert_ssd_graph(graph_path)
+    with status_line("converting the detector to ONNX (once)"):
+        payload = convert_ssd_graph(graph_path)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, payload)
     logger.info("converted in %.1f s", time.perf_counter() - started)

@@ -64,6 +64,9 @@ def configure_console(verbosity: int = DEFAULT) -> None:
     root.addHandler(handler)
     # detcrop's loggers follow the root, so a test's caplog.at_level still sees their INFO lines.
     root.setLevel(logging.DEBUG if verbosity >= DEBUG else logging.INFO if verbosity >= VERBOSE else logging.WARNING)
+    from detcrop.data.progress import show_status_lines
+
+    show_status_lines(verbosity > QUIET)
     library_level = logging.ERROR if quiet_libraries else logging.INFO if verbosity >= DEBUG else logging.NOTSET
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(library_level)

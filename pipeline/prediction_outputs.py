@@ -84,9 +84,13 @@ def score_photos(scorer: Scorer, paths: Sequence[Path], plot_dir: str | os.PathL
 
     results = []
     stems = [Path(path).stem for path in paths]
-    for index, path in enumerate(tqdm(paths, desc="predict", unit="photo", disable=not progress or len(paths) < 2)):
+    figures = {"classified": 0, "no_object": 0, "unreadable": 0}
+    bar = tqdm(paths, desc="predict", unit="photo", disable=not progress or len(paths) < 2)
+    for index, path in enumerate(bar):
         result = scorer.score(path)
         results.append(result)
+        figures["unreadable" if result.error else "classified" if result.objects else "no_object"] += 1
+        bar.set_postfix(figures, refresh=False)
         if plot_dir is not None and result.error is None:
             # Photos from different folders may share a name; number those so no plot is overwritten.
             name = stems[index] if stems.count(stems[index]) == 1 else f"{stems[index]}_{index:04d}"

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from detcrop.classify.bundle import save_bundle
+from detcrop.data.progress import show_status_lines, status_line
 from detcrop.detect.crop import CropSummary
 from detcrop.pipeline import console
 from detcrop.pipeline.commands.demo import DemoPaths, format_demo_summary
+from detcrop.pipeline.commands.predict import format_predict_summary
 from detcrop.pipeline.scoring import ObjectResult, PhotoResult
 from tiny_models import tiny_model
 
@@ -36,6 +38,7 @@ def restored_logging():
     for name, library_level in libraries.items():
         logging.getLogger(name).setLevel(library_level)
     sys.meta_path[:] = meta_path
+    show_status_lines(True)
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +144,23 @@ def test_the_demo_ends_with_what_was_made_where_and_how_long():
     assert "demo-out/run/: val accuracy 1.000, macro F1 0.988 (11 val images)" in text
     assert "demo-out/predictions/: 4 photos: 2 classified, 1 without an object, 1 unreadable" in text
     assert "1 of 4 new photos" in text
+
+
+def test_predict_ends_with_its_run_figures_and_files():
+    results = [_photo("a.jpg", "classic"), _photo("b.jpg", None), _photo("c.jpg", None, error="truncated")]
+    lines = format_predict_summary(results, "runs/r1", 3.2, json_path="p.json", plot_dir="plots").splitlines()
+    assert lines == ["predict done in 3 s",
+                     "  run     runs/r1",
+                     "  photos  3 photos: 1 classified, 1 without an object, 1 unreadable",
+                     "  JSON    p.json",
+                     "  plots   plots/ (one PNG per photo)"]
+
+
+def test_a_status_line_is_left_with_its_time_and_quiet_mode_hides_it(restored_logging, capsys):
+    with status_line("converting the detector to ONNX (once)"):
+        pass
+    assert capsys.readouterr().err.split("\r")[-1].strip() == "converting the detector to ONNX (once): 00:00"
+    console.configure_console(console.QUIET)
+    with status_line("converting the detector to ONNX (once)"):
+        pass
+    assert capsys.readouterr().err == ""
