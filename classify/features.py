@@ -31,38 +31,14 @@ logger = logging.getLogger(__name__)
 
 #: Bumped when the way features are computed changes (invalidates every cache folder).
 FEATURE_VERSION = 1
-#: Variants cached per image: the image and its mirror (flip augmentation and flip TTA). Partial
-#: fine-tuning may add zoomed views, named by the share of each side they keep: "zoom80" is the
-#: centred 80% of the image, "zoom80-flip" its mirror (`zoom_variants`).
+#: Variants cached per image: the image and its mirror (flip augmentation and flip TTA).
 VARIANTS = ("orig", "flip")
 
 
-def zoom_variants(zoom: float) -> tuple[str, ...]:
-    """The cached variants of a centred zoom keeping `zoom` of each side: () when `zoom` is 0."""
-    if not zoom:
-        return ()
-    name = f"zoom{round(zoom * 100)}"
-    return name, f"{name}-flip"
-
-
-def parse_variant(variant: str) -> tuple[float, bool]:
-    """(share of each side kept, mirrored) of a variant name; ValueError for an unknown name."""
-    if variant in VARIANTS:
-        return 1.0, variant == "flip"
-    name, _, flip = variant.partition("-")
-    if name.startswith("zoom") and name[4:].isdigit() and 50 <= int(name[4:]) < 100 and flip in ("", "flip"):
-        return int(name[4:]) / 100, flip == "flip"
-    raise ValueError(f"unknown feature variant {variant!r}; expected one of {VARIANTS} or zoomNN[-flip] (NN 50-99)")
-
-
-def centre_crop(image: np.ndarray, share: float) -> np.ndarray:
-    """The centred region of `image` keeping `share` of its height and of its width."""
-    if share >= 1.0:
-        return image
-    height, width = image.shape[:2]
-    crop_h, crop_w = max(1, round(height * share)), max(1, round(width * share))
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return image[top:top + crop_h, left:left + crop_w]
+def check_variant(variant: str) -> None:
+    """A ValueError for a variant name other than `VARIANTS`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown feature variant {variant!r}; expected one of {VARIANTS}")
 
 
 def default_cache_dir() -> Path:
@@ -179,18 +155,15 @@ FeatureOutcome = tuple[int, "dict[str, np.ndarray] | str"]
 
 def variant_features(feature_model, images: Sequence[np.ndarray], input_size: int, variants: Sequence[str],
                      layer=None) -> dict[str, np.ndarray]:
-    """Outputs of decoded images per variant: resized as bundles resize; "flip" on the mirrored batch,
-    "zoomNN" on the centred NN% of each image (`parse_variant`)."""
+    """Outputs of decoded images per variant: resized as bundles resize; "flip" on the mirrored batch."""
     from detcrop.classify.bundle import resize_images
 
-    batches: dict[float, np.ndarray] = {}
+    batch = resize_images(images, input_size, layer)
     outputs = {}
     for variant in variants:
-        share, flip = parse_variant(variant)
-        if share not in batches:
-            batches[share] = resize_images([centre_crop(image, share) for image in images], input_size, layer)
-        batch = batches[share][:, :, ::-1, :] if flip else batches[share]
-        outputs[variant] = np.asarray(feature_model(batch, training=False))
+        check_variant(variant)
+        outputs[variant] = np.asarray(feature_model(batch[:, :, ::-1, :] if variant == "flip" else batch,
+                                                    training=False))
     return outputs
 
 
@@ -261,7 +234,7 @@ def extract_features(
     the Ray pass, a Ray start-up) only to fail on it.
     """
     for variant in variants:
-        parse_variant(variant)  # raises for an unknown name, before any work
+        check_variant(variant)  # raises for an unknown name, before any work
     if len(paths) != len(sha256s):
         raise ValueError(f"{len(paths)} paths but {len(sha256s)} hashes")
     found: dict[int, dict[str, np.ndarray]] = {}

@@ -147,7 +147,13 @@ def progress_bar(phase: str, epochs: int, enabled: bool):
         return keras.callbacks.Callback()
     from tqdm.keras import TqdmCallback
 
-    return TqdmCallback(epochs=epochs, verbose=0, desc=phase, leave=True, dynamic_ncols=True)
+    class PhaseBar(TqdmCallback):
+        def on_train_end(self, *args, **kwargs):
+            self.epoch_bar.total = self.epoch_bar.n  # an early stop ends the bar full, at the epochs that ran
+            self.epoch_bar.refresh()
+            super().on_train_end(*args, **kwargs)
+
+    return PhaseBar(epochs=epochs, verbose=0, desc=phase, leave=True, dynamic_ncols=True)
 
 
 class CancelWatch:

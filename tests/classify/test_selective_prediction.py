@@ -46,6 +46,7 @@ def test_coverage_table_rows():
 
 def test_presets_and_their_overrides():
     from detcrop.classify.config import member_configs, resolve_ensemble, resolve_fine_tune, resolve_train_from
+    from detcrop.data.config import ConfigError
     from detcrop.classify.training import make_train_config
 
     # The default: Lite0 + Lite2, both partially fine-tuned at their own cuts and refit.
