@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from detcrop.data.errors import DetcropError
 from detcrop.pipeline.ui.find_object import ObjectFinder
-from detcrop.pipeline.ui.project import Project, ProjectError, ProjectLimits
+from detcrop.pipeline.ui.project import Project, ProjectError, ProjectLimits, megabytes
 from detcrop.pipeline.ui.training_job import TrainingJob
 
 logger = logging.getLogger(__name__)
@@ -80,15 +80,14 @@ class RequestSizeLimit:
         self.max_bytes = int(max_bytes)
 
     def _refusal(self) -> str:
-        return (f"the request is over the limit of {self.max_bytes / 2**20:g} MB; "
-                "send fewer or smaller files at a time")
+        return f"the request is over the limit of {megabytes(self.max_bytes)}; send fewer or smaller files at a time"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.strip().isdigit() or int(length) > self.max_bytes):
-            response = JSONResponse({"error": self._refusal()}, status_code=413, headers=SECURITY_HEADERS)
+            response = JSONResponse({"error": self._refusal()}, status_code=413)
             return await response(scope, receive, send)
         received = 0
 
@@ -124,6 +123,10 @@ def create_app(project_dir: str | os.PathLike, limits: ProjectLimits = ProjectLi
     app.state.export_lock = threading.Lock()  # one model export at a time
     app.state.project.remove_stale()
     allowed_hosts = LOCAL_HOSTS | {host.lower() for host in extra_hosts}
+
+    # Inside the middleware below (added first): its 413 gets the same headers, and its error
+    # reaches FastAPI's handler as an HTTPException rather than wrapped in a task group's error.
+    app.add_middleware(RequestSizeLimit, max_bytes=limits.max_request_bytes)
 
     @app.middleware("http")
     async def local_and_same_origin_only(request: Request, call_next):
@@ -174,5 +177,4 @@ def create_app(project_dir: str | os.PathLike, limits: ProjectLimits = ProjectLi
         return FileResponse(request.app.state.project.thumbnail_path(class_name, file_name[:-4]))
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(RequestSizeLimit, max_bytes=limits.max_request_bytes)
     return app

@@ -112,7 +112,7 @@ class FindObject:
     target: str = "clock"  # COCO class to find ("clock" is what COCO detectors call watches)
 
 
-def _megabytes(size: int) -> str:
+def megabytes(size: int) -> str:
     """Sizes as the limits are written (powers of two): 500 MB is 500 * 2**20 bytes."""
     return f"{size / 2**20:.1f}".removesuffix(".0") + " MB"
 
@@ -369,8 +369,8 @@ class Project:
             used = self.size_bytes()
             if used + len(payload) > self.limits.max_project_bytes:
                 raise ProjectError(
-                    f"the project is full: {_megabytes(used)} stored, the limit is "
-                    f"{_megabytes(self.limits.max_project_bytes)}; delete images or start another project", 413)
+                    f"the project is full: {megabytes(used)} stored, the limit is "
+                    f"{megabytes(self.limits.max_project_bytes)}; delete images or start another project", 413)
             path, was_new = store_png(self.dataset_dir, class_name, payload)
             image_id = path.stem
             thumbnail = squared.resize((self.limits.thumbnail_size,) * 2, Image.Resampling.LANCZOS)
