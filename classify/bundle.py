@@ -267,7 +267,13 @@ def load_bundle(run_dir: str | os.PathLike) -> Bundle:
     model_path = run_dir / MODEL_NAME
     if not model_path.is_file():
         raise MissingFileError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    try:
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises ValueError, TypeError, zipfile and h5py errors alike
+        # Nothing in the file ran: safe_mode refuses code before it could; say so in one line.
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise BundleError(f"{model_path}: this run's model cannot be loaded safely: {type(error).__name__}: "
+                          f"{reason}") from None
     if int(model.output_shape[-1]) != len(metadata.class_names):
         raise BundleError(f"{model_path}: model has {model.output_shape[-1]} outputs but {BUNDLE_NAME} names "
                           f"{len(metadata.class_names)} classes")

@@ -68,15 +68,32 @@ class ArrayCache:
     def path(self, sha256: str, variant: str = "orig") -> Path:
         return self.folder / (f"{sha256}.npy" if variant == "orig" else f"{sha256}.{variant}.npy")
 
-    def get(self, sha256: str, variant: str = "orig") -> np.ndarray | None:
+    def get(self, sha256: str, variant: str = "orig", shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """The cached array, or None: missing, or not what this cache writes (a miss, with one warning
+        naming the file). `shape`: the shape every entry must have, when the caller knows it."""
         path = self.path(sha256, variant)
         try:
-            return np.load(path, allow_pickle=False)
+            array = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
             logger.warning("%s: unreadable %s (%s); recomputing", path, self.kind, error)
             return None
+        problem = self._problem(array, shape)
+        if problem:
+            logger.warning("%s: bad %s (%s); recomputing", path, self.kind, problem)
+            return None
+        return array
+
+    def _problem(self, array: np.ndarray, shape: tuple[int, ...] | None) -> str | None:
+        """Why a loaded entry cannot be used (a half-written, foreign or corrupted file), else None."""
+        if array.dtype != self.dtype:
+            return f"dtype {array.dtype}, expected {self.dtype}"
+        if shape is not None and tuple(array.shape) != tuple(shape):
+            return f"shape {tuple(array.shape)}, expected {tuple(shape)}"
+        if not np.isfinite(array).all():
+            return "non-finite values"
+        return None
 
     def put(self, sha256: str, variant: str, array: np.ndarray) -> None:
         buffer = io.BytesIO()
@@ -240,8 +257,10 @@ def extract_features(
     found: dict[int, dict[str, np.ndarray]] = {}
     missing: list[int] = []
     known_unreadable: list[tuple[str, str]] = []
+    # Every entry of one cache folder has the model's output shape (the batch axis dropped).
+    shape = _entry_shape(feature_model)
     for index, sha256 in enumerate(sha256s):
-        vectors = {variant: cache.get(sha256, variant) for variant in variants}
+        vectors = {variant: cache.get(sha256, variant, shape) for variant in variants}
         if all(vector is not None for vector in vectors.values()):
             found[index] = vectors
         elif (reason := cache.unreadable(sha256)) is not None:
@@ -281,6 +300,14 @@ def extract_features(
         else:
             result.features[variant] = np.zeros((0, int(feature_model.output_shape[-1])), dtype=np.float32)
     return result
+
+
+def _entry_shape(feature_model) -> tuple[int, ...] | None:
+    """The shape of one image's output of `feature_model`, when it says so completely."""
+    output_shape = getattr(feature_model, "output_shape", None)
+    if not output_shape or any(size is None for size in output_shape[1:]):
+        return None
+    return tuple(int(size) for size in output_shape[1:])
 
 
 def _holds(path: str | os.PathLike, sha256: str) -> bool:

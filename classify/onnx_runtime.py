@@ -1,7 +1,8 @@
 """Classifier and backbone run by ONNX Runtime (`predict --runtime onnx`, `train --runtime onnx`).
 
 The classifier after its resize layer is converted once by tf2onnx (`export.onnx_classifier_bytes`)
-and cached under `~/.cache/detcrop/onnx/`, named by the content hash of the run's model.keras.
+and cached under `~/.cache/detcrop/onnx/`, named by the content hash of the run's model.keras
+and used only when its sidecar vouches for it (`data.cache.cached_file`).
 `onnx_bundle` returns the same `Bundle` with its model replaced by an `OnnxClassifier`, which
 `bundle.predict_images` calls exactly like the Keras model (on already resized batches).
 """
@@ -9,15 +10,14 @@ and cached under `~/.cache/detcrop/onnx/`, named by the content hash of the run'
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from detcrop.data.atomic import atomic_write_bytes
-from detcrop.data.cache import cache_dir
+from detcrop.data.cache import cache_dir, cached_file
+from detcrop.data.images import file_sha256
 from detcrop.data.layout import MODEL_NAME
 from detcrop.data.progress import status_line
 
@@ -47,16 +47,17 @@ def onnx_bundle(bundle, run_dir: str | os.PathLike, cache_root: str | os.PathLik
     """`bundle` with its classifier run by ONNX Runtime (converted once, cached by model.keras's hash)."""
     from detcrop.classify.export import ONNX_OPSET, onnx_classifier_bytes
 
-    digest = hashlib.sha256((Path(run_dir) / MODEL_NAME).read_bytes()).hexdigest()[:16]
+    digest = file_sha256(Path(run_dir) / MODEL_NAME)
     folder = Path(cache_root) if cache_root is not None else cache_dir("onnx")
-    target = folder / f"classifier-opset{ONNX_OPSET}-{digest}.onnx"
-    if not target.is_file():
+    target = folder / f"classifier-opset{ONNX_OPSET}-{digest[:16]}.onnx"
+
+    def convert() -> bytes:
         logger.info("converting %s to ONNX (once; cached as %s)", run_dir, target)
-        folder.mkdir(parents=True, exist_ok=True)
         with status_line("converting the classifier to ONNX (once)"):
-            payload = onnx_classifier_bytes(bundle)
-        atomic_write_bytes(target, payload)
-    return dataclasses.replace(bundle, model=OnnxClassifier(target, len(bundle.class_names)))
+            return onnx_classifier_bytes(bundle)
+
+    classifier = cached_file(target, digest, convert, lambda path: OnnxClassifier(path, len(bundle.class_names)))
+    return dataclasses.replace(bundle, model=classifier)
 
 
 class OnnxFeatureModel:

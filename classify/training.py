@@ -51,6 +51,7 @@ from detcrop.data.outputs import check_output_path
 from detcrop.data.ray_runtime import RaySettings
 from detcrop.data.runtime import resolve_runtime
 from detcrop.data.splits import source_hashes_from_manifest, split_class_folders
+from detcrop.data.validate import require_readable_images
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def split_examples(dataset_dir: Path, config: TrainConfig) -> tuple[Examples, li
             skipped.append((str(sample.path), f"cannot read file ({error})"))
     if not sha256_by_path:
         raise TrainingError(f"{dataset_dir}: no readable image files in its class folders")
+    require_readable_images(dataset)  # the check `validate` makes: ShortClassError names the class
     # The split sees every sample (an unreadable one is a group of its own), so one unreadable
     # file never moves the others to another side; the unreadable ones are dropped after.
     split = split_class_folders(dataset, config.val_ratio, seed=config.seed, sha256_by_path=sha256_by_path,

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from detcrop.data.errors import DetcropError, OutputWriteError, describe_os_error
+
 
 @functools.lru_cache(maxsize=1)
 def current_umask() -> int:
@@ -32,9 +34,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The ".part" suffix keeps half-written files recognisable and out of image scans.
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The ".part" suffix keeps half-written files recognisable and out of image scans.
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as error:
+        raise _write_error(path, error) from None
     # mkstemp makes the file private (0600); give it the mode a plain open() would have.
     os.fchmod(descriptor, 0o666 & ~current_umask())
     try:
@@ -43,12 +48,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(temporary)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError) and not isinstance(error, DetcropError) and error.errno is not None:
+            # A full disk says ENOSPC without a path; the user needs to know which output failed.
+            raise _write_error(path, error) from None
         raise
+
+
+def _write_error(path: Path, error: OSError) -> OutputWriteError:
+    refused = OutputWriteError(f"cannot write {path}: {describe_os_error(error)}")
+    refused.errno = error.errno
+    return refused
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:

@@ -26,3 +26,13 @@ class UsageError(DetcropError, ValueError):
 
 class MissingDependencyError(DetcropError, ImportError):
     """An optional package a feature needs is not installed; the message names the pip command."""
+
+
+class OutputWriteError(DetcropError, OSError):
+    """The system refused to write an output (read-only, full, not a folder); the message names the path."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """'PATH: the system's reason' for an `OSError` (the reason alone when it names no path)."""
+    reason = error.strerror or str(error)
+    return f"{error.filename}: {reason}" if error.filename is not None else reason

@@ -159,6 +159,18 @@ def check_class_name(name: str) -> str:
     return name
 
 
+def normalize_class_name(name: str) -> str:
+    """`name` in Unicode NFC, the form new class names are checked and stored in: "a" followed by a
+    combining acute accent and the single character "á" look the same and become one class."""
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
+
+
+def class_name_key(name: str) -> str:
+    """What two class names share when they would be the same folder on a case-insensitive or
+    normalising file system (macOS, Windows): NFC, case-folded."""
+    return unicodedata.normalize("NFC", normalize_class_name(name).casefold())
+
+
 def _refused_character(character: str) -> bool:
     if character in _FORBIDDEN_NAME_CHARACTERS:
         return True

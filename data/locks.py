@@ -43,15 +43,18 @@ class FolderLockedError(DetcropError):
 def _describe_holder(text: str) -> str:
     try:
         holder = json.loads(text)
+        port = f" serving port {holder['port']}" if "port" in holder else ""
         return (f"`{holder.get('job', 'a detcrop job')}` started {holder.get('started', '?')} by pid "
-                f"{holder.get('pid', '?')} on {holder.get('host', '?')}: {holder.get('command', '')}").rstrip(": ")
+                f"{holder.get('pid', '?')} on {holder.get('host', '?')}{port}: {holder.get('command', '')}").rstrip(": ")
     except (ValueError, AttributeError):
         return "another detcrop job (no details recorded)"
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, job: str) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, job: str, port: int | None = None) -> Iterator[Path]:
     """Hold an exclusive lock on `folder` (created if missing) for the `with` block; yields the lock file.
+
+    `port`: the port a server holding the folder serves, named to a second one.
 
     Raises `FolderLockedError` at once, without waiting, when another job (in this process
     or any other on this machine) holds it.
@@ -76,6 +79,7 @@ def folder_lock(folder: str | os.PathLike, job: str) -> Iterator[Path]:
             "job": job, "pid": os.getpid(), "host": socket.gethostname(),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),
+            **({"port": port} if port is not None else {}),
         }
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, (json.dumps(details) + "\n").encode("utf-8"), 0)

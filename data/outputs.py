@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Tuple, Union
 
-from detcrop.data.errors import DetcropError
+from detcrop.data.errors import DetcropError, OutputWriteError, describe_os_error
 
 #: (what the path is, for the message; the path). None paths are ignored.
 NamedPath = Tuple[str, Union[str, os.PathLike, None]]
@@ -87,3 +87,23 @@ def _check_kind(output: str | os.PathLike, flag: str, kind: str | None) -> None:
     if not path.is_file():
         raise OutputPathError(f"{flag} {os.fspath(output)} is not a regular file (a device, FIFO or socket); "
                               f"choose a file name")
+
+
+def check_writable(output: str | os.PathLike, kind: str = "file") -> None:
+    """Raise `OutputWriteError` naming `output` when nothing can be written there now.
+
+    Creates the folder that will hold it (the output folder itself for `kind` "folder") and a
+    hidden probe file in it, removed at once, so a long job learns before its work, not after,
+    that its output is read-only or on a missing drive.
+    """
+    import tempfile
+
+    output = Path(output)
+    folder = output if kind == "folder" else output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=folder)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputWriteError(f"cannot write {output}: {describe_os_error(error)}") from None

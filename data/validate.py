@@ -17,8 +17,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from detcrop.data.errors import DetcropError
 from detcrop.data.folders import ClassFolderDataset, scan_class_folders
 from detcrop.data.images import ImageError, ImageLimits, file_sha256, load_image
+
+#: Fewer readable images than this in a class make a dataset unusable (`validate`, `train`).
+MIN_IMAGES_PER_CLASS = 5
+
+
+class ShortClassError(DetcropError, ValueError):
+    """A class with fewer readable images than training needs; the message names it and its counts."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +34,7 @@ class ValidationConfig:
     """Thresholds of `detcrop validate`."""
 
     min_classes: int = 2  # fewer classes than this is an error
-    min_images_per_class: int = 5  # fewer readable images in a class is an error
+    min_images_per_class: int = MIN_IMAGES_PER_CLASS  # fewer readable images in a class is an error
     max_imbalance: float = 3.0  # warn when the largest class has more than this times the smallest
     max_bytes: int = ImageLimits.max_bytes  # files larger than this are refused (bytes)
     max_pixels: int = ImageLimits.max_pixels  # images with more pixels are refused as bombs
@@ -87,6 +95,35 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+def short_classes_message(short: dict[str, str], minimum: int) -> str:
+    """'2 class(es) have fewer than 5 readable images: a (3), b (0 of 6 files)': `short` maps each
+    class to how its count is shown."""
+    listed = ", ".join(f"{name} ({count})" for name, count in short.items())
+    return f"{len(short)} class(es) have fewer than {minimum} readable images: {listed}"
+
+
+def require_readable_images(dataset: ClassFolderDataset, minimum: int = MIN_IMAGES_PER_CLASS,
+                            limits: ImageLimits = ImageLimits()) -> None:
+    """Raise `ShortClassError` when a class of `dataset` has fewer than `minimum` images that decode.
+
+    The check `validate` makes, stopped early: a class's images are decoded only until `minimum`
+    of them have, so a large class costs `minimum` decodes.
+    """
+    short = {}
+    for name in dataset.class_names:
+        paths = [sample.path for sample in dataset.samples if sample.label == name]
+        readable = 0
+        for path in paths:
+            if readable >= minimum:
+                break
+            readable += _check_file(path, limits)[1] is None
+        if readable < minimum:
+            short[name] = f"{readable} of {len(paths)} files"
+    if short:
+        raise ShortClassError(f"{dataset.root}: {short_classes_message(short, minimum)}; add images that open, "
+                              f"or remove the class (`detcrop validate {dataset.root}` lists the unreadable files)")
+
+
 def _check_file(path: Path, limits: ImageLimits) -> tuple[str | None, ImageError | None]:
     try:
         load_image(path, limits)
@@ -128,10 +165,9 @@ def validate_dataset(
         ))
     short = {name: count for name, count in report.counts.items() if count < config.min_images_per_class}
     if short:
-        listed = ", ".join(f"{name} ({count})" for name, count in short.items())
         report.errors.append(Problem(
             "too-few-images",
-            f"{len(short)} class(es) have fewer than {config.min_images_per_class} readable images: {listed}",
+            short_classes_message(short, config.min_images_per_class),
             tuple(str(dataset.root / name) for name in short),
         ))
     if report.bad_files:

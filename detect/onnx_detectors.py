@@ -28,8 +28,7 @@ from typing import Mapping
 
 import numpy as np
 
-from detcrop.data.atomic import atomic_write_bytes
-from detcrop.data.cache import cache_dir
+from detcrop.data.cache import cache_dir, cached_file
 from detcrop.data.errors import DetcropError
 from detcrop.data.images import file_sha256
 from detcrop.data.progress import status_line
@@ -144,20 +143,24 @@ def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max
 def converted_ssd_path(graph_path: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
     """The cached split ONNX conversion of the frozen SSD graph at `graph_path`, converting it if absent.
 
-    Converted once by tf2onnx; the file is named by the graph's content hash.
+    The file is named by the graph's content hash and used only when its sidecar vouches for it
+    (`data.cache.cached_file`: the graph's digest, and the file's own, recorded once it was whole);
+    any other file there is converted again.
     """
     folder = Path(cache_root) if cache_root is not None else cache_dir("onnx")
-    target = folder / f"ssd-split-v{SPLIT_VERSION}-{file_sha256(graph_path)[:16]}.onnx"
-    if target.is_file():
-        return target
-    started = time.perf_counter()
-    logger.info("converting %s to ONNX (once; cached as %s)", graph_path, target)
-    with status_line("converting the detector to ONNX (once)"):
-        payload = convert_ssd_graph(graph_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, payload)
-    logger.info("converted in %.1f s", time.perf_counter() - started)
-    return target
+    digest = file_sha256(graph_path)
+    target = folder / f"ssd-split-v{SPLIT_VERSION}-{digest[:16]}.onnx"
+
+    def convert() -> bytes:
+        started = time.perf_counter()
+        logger.info("converting %s to ONNX (once; cached as %s)", graph_path, target)
+        with status_line("converting the detector to ONNX (once)"):
+            payload = convert_ssd_graph(graph_path)
+        logger.info("converted in %.1f s", time.perf_counter() - started)
+        return payload
+
+    # The entry's digest already proves it whole; `OnnxDetector` loads it once, where it is used.
+    return cached_file(target, digest, convert, lambda path: path)
 
 
 def _const_value(nodes: Mapping[str, object], name: str):

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Iterable, Sequence
 
-from detcrop.data.errors import DetcropError
+from detcrop.data.errors import DetcropError, describe_os_error
 
 #: Subcommand modules under `pipeline.commands`; each has `register(subparsers)` that sets
 #: `handler(args) -> int` on its parser. Heavy imports (TensorFlow) happen inside handlers.
@@ -102,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DetcropError as error:
         # Expected failures say what was expected and what was received: one line, no traceback.
         print(f"detcrop {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        if error.errno is None:
+            raise
+        # The system refused a file (read-only, full, no such folder): its answer, not a bug.
+        print(f"detcrop {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
         return EXIT_USAGE
 
 

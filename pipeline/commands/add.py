@@ -27,13 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detcrop.data.folders import add_images, check_class_name, find_image_paths, scan_class_folders
+    from detcrop.data.folders import add_images, check_class_name, find_image_paths, normalize_class_name, scan_class_folders
     from detcrop.data.outputs import check_output_path
     from detcrop.pipeline.cli import print_skipped
 
     if args.size < 16:
         raise UsageError(f"--size must be at least 16 pixels, got {args.size}")
-    check_class_name(args.class_name)
+    args.class_name = check_class_name(normalize_class_name(args.class_name))
     # Adding a folder that holds the class (or the dataset itself) would add the class to itself.
     check_output_path(Path(args.dataset) / args.class_name, "DATASET/CLASS",
                       inputs=[("the image input", path) for path in args.images])

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detcrop.classify.export import export_bundle
+    from detcrop.data.outputs import check_writable
 
+    check_writable(args.out)  # the export is staged beside --out, so that is where it must be able to write
     path = export_bundle(args.run, args.out, args.export_format, args.quantize)
     print(f"wrote {path} (labels: {args.out}/labels.txt, spec: {args.out}/export.json)")
     if args.check:

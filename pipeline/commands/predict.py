@@ -106,13 +106,14 @@ def format_predict_summary(results, run: str, seconds: float, json_path: str | N
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Before any model loads: no output may land in the run folder, over a photo, or over another output."""
-    from detcrop.data.outputs import check_output_path
+    from detcrop.data.outputs import check_output_path, check_writable
 
     photos = [("the photo input", path) for path in args.photos]
     written: list = []
     for flag, output in (("--json", args.json_path), ("--csv", args.csv_path), ("--plot", args.plot)):
         if output is None:
             continue
-        check_output_path(output, flag, inputs=photos, protected=[("the run folder", args.run), *written],
-                          kind="folder" if flag == "--plot" else "file")
+        kind = "folder" if flag == "--plot" else "file"
+        check_output_path(output, flag, inputs=photos, protected=[("the run folder", args.run), *written], kind=kind)
+        check_writable(output, kind)  # before scoring every photo, not after
         written.append((f"the {flag} output", output))

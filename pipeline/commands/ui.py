@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detcrop.data.errors import DetcropError
+    from detcrop.data.locks import folder_lock
 
     try:
         import uvicorn
@@ -44,14 +45,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"{bar}\nWARNING: binding {args.host}: any computer that can reach this one can open the page, "
               f"add or delete\nimages and train. There is no password. Use the default 127.0.0.1 unless you "
               f"mean it.\n{bar}", flush=True)
-    app = create_app(args.project_dir, extra_hosts=(args.host,) if args.host not in LOCAL_ADDRESSES else ())
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"detcrop ui: project {app.state.project.root}\nopen http://{shown}:{args.port}/ (Ctrl+C stops)",
-          flush=True)
-    # Importing TensorFlow takes seconds; do it while the user makes classes and adds photos,
-    # not when they press Train.
-    threading.Thread(target=_import_tensorflow, name="detcrop-ui-warm-up", daemon=True).start()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    # Two servers on one project would each keep their own idea of it (the model, the runs it
+    # may delete); the second one exits naming the first.
+    with folder_lock(args.project_dir, "ui", port=args.port):
+        app = create_app(args.project_dir, extra_hosts=(args.host,) if args.host not in LOCAL_ADDRESSES else ())
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"detcrop ui: project {app.state.project.root}\nopen http://{shown}:{args.port}/ (Ctrl+C stops)",
+              flush=True)
+        # Importing TensorFlow takes seconds; do it while the user makes classes and adds photos,
+        # not when they press Train.
+        threading.Thread(target=_import_tensorflow, name="detcrop-ui-warm-up", daemon=True).start()
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
     return 0
 
 

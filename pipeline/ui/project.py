@@ -29,8 +29,8 @@ from PIL import Image
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_json
 from detcrop.data.config import ConfigError, build_config, config_to_dict, read_json_object
 from detcrop.data.errors import DetcropError
-from detcrop.data.folders import check_class_name, square_image, store_png
-from detcrop.data.images import is_image_path
+from detcrop.data.folders import check_class_name, class_name_key, normalize_class_name, square_image, store_png
+from detcrop.data.images import ImageError, ImageLimits, is_image_path, read_image_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ PROJECT_FILE = "project.json"
 DATASET_DIR = "dataset"
 THUMBNAIL_DIR = "thumbnails"
 RUNS_DIR = "runs"
+EXPORTS_DIR = "exports"
+#: The name `routers.project` stages a download's export under (`data.atomic.StagingFolder`).
+EXPORT_STAGING = "download"
 #: An image id: the first 16 hex digits of the SHA-256 of the stored PNG.
 IMAGE_ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -55,6 +58,7 @@ class ProjectLimits:
     """Limits of one project (the page shows them)."""
 
     max_upload_bytes: int = 10 * 1024 * 1024  # one uploaded file, before decoding
+    max_request_bytes: int = 64 * 1024 * 1024  # one request body, all its files together (the page splits bigger uploads)
     max_project_bytes: int = 500 * 1024 * 1024  # stored images and thumbnails of all classes together
     image_size: int = 224  # side of the stored squared images (pixels)
     thumbnail_size: int = 128  # side of the thumbnails the page shows (pixels)
@@ -108,6 +112,24 @@ class FindObject:
     target: str = "clock"  # COCO class to find ("clock" is what COCO detectors call watches)
 
 
+def megabytes(size: int) -> str:
+    """Sizes as the limits are written (powers of two): 500 MB is 500 * 2**20 bytes."""
+    return f"{size / 2**20:.1f}".removesuffix(".0") + " MB"
+
+
+def _unreadable_reason(path: Path) -> str | None:
+    """Why training could not read the stored image at `path`, else None (checked without
+    decoding its pixels: the page stores only images it decoded, so this finds files put or
+    damaged there by hand)."""
+    try:
+        payload = read_image_bytes(path, ImageLimits())
+        with Image.open(io.BytesIO(payload)) as image:
+            image.verify()
+    except (ImageError, OSError, SyntaxError, ValueError) as error:
+        return getattr(error, "reason", None) or f"not a readable image ({error})"
+    return None
+
+
 def _folder_bytes(folder: Path) -> int:
     total = 0
     for directory, _, files in os.walk(folder):
@@ -130,6 +152,7 @@ class Project:
         (self.root / DATASET_DIR).mkdir(exist_ok=True)
         (self.root / THUMBNAIL_DIR).mkdir(exist_ok=True)
         self.state = self._read_state()
+        self._readable: dict[Path, tuple[tuple[int, int], str | None]] = {}  # path -> ((size, mtime), reason)
 
     # ------------------------------------------------------------------ state file
     def _read_state(self) -> dict:
@@ -158,10 +181,49 @@ class Project:
         return self.root / RUNS_DIR
 
     # ------------------------------------------------------------------ reading
+    def _class_folders(self) -> list[Path]:
+        return sorted((entry for entry in self.dataset_dir.iterdir() if entry.is_dir() and not entry.name.startswith(".")),
+                      key=lambda entry: entry.name)
+
     def class_names(self) -> list[str]:
-        """Class names, sorted (the order the model's outputs have)."""
-        return sorted(entry.name for entry in self.dataset_dir.iterdir()
-                      if entry.is_dir() and not entry.name.startswith("."))
+        """Class names, sorted (the order the model's outputs have): folders whose names the page
+        accepts (`not_classes` lists the others, made by hand)."""
+        return [entry.name for entry in self._class_folders() if self._name_problem(entry.name) is None]
+
+    @staticmethod
+    def _name_problem(name: str) -> str | None:
+        try:
+            check_class_name(name)
+        except DetcropError as error:
+            return str(error)
+        return None
+
+    def not_classes(self) -> list[dict]:
+        """Folders in the dataset whose names cannot be classes: shown with the reason, left out of training."""
+        found = []
+        for entry in self._class_folders():
+            problem = self._name_problem(entry.name)
+            if problem is not None:
+                found.append({"folder": entry.name, "reason": problem,
+                              "fix": f"rename the folder {entry} on disk to a plain name, then reload the page"})
+        return found
+
+    def unreadable_images(self, class_name: str) -> dict[str, str]:
+        """Images of a class that training could not read: image id -> reason."""
+        found = {}
+        for image_id in self.image_ids(class_name):
+            path = self.dataset_dir / class_name / f"{image_id}.png"
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            signature = (stat.st_size, stat.st_mtime_ns)
+            known = self._readable.get(path)
+            if known is None or known[0] != signature:
+                known = self._readable[path] = (signature, _unreadable_reason(path))
+            if known[1] is not None:
+                found[image_id] = known[1]
+        return found
 
     def image_ids(self, class_name: str) -> list[str]:
         folder = self._class_dir(class_name)
@@ -188,11 +250,11 @@ class Project:
         return path
 
     def short_classes(self, counts: dict[str, int] | None = None) -> dict[str, int]:
-        """Classes with fewer images than training needs, and their counts (`counts`: images
-        per class when the caller has listed them already)."""
+        """Classes with fewer readable images than training needs, and their counts (`counts`:
+        readable images per class when the caller has counted them already)."""
         need = self.limits.min_images_per_class
         if counts is None:
-            counts = {name: len(self.image_ids(name)) for name in self.class_names()}
+            counts = {name: len(self.image_ids(name)) - len(self.unreadable_images(name)) for name in self.class_names()}
         return {name: count for name, count in counts.items() if count < need}
 
     def size_bytes(self) -> int:
@@ -205,12 +267,13 @@ class Project:
             classes = []
             for name in names:
                 images = []
+                unreadable = self.unreadable_images(name)
                 for image_id in self.image_ids(name):
                     note = self.state["image_notes"].get(f"{name}/{image_id}", {})
                     images.append({"id": image_id, "url": f"/thumbnails/{quote(name)}/{image_id}.jpg",
                                    "whole_photo": bool(note.get("whole_photo", False)),
-                                   "box": note.get("box")})
-                classes.append({"name": name, "images": images})
+                                   "box": note.get("box"), "unreadable": unreadable.get(image_id)})
+                classes.append({"name": name, "images": images, "readable": len(images) - len(unreadable)})
             model = self.state["model"]
             if model is not None:
                 model = dict(model, stale=model["class_names"] != names)
@@ -218,7 +281,8 @@ class Project:
                 "name": self.state["name"], "classes": classes, "settings": self.state["settings"],
                 "find_object": self.state["find_object"], "model": model,
                 "limits": config_to_dict(self.limits), "size_bytes": self.size_bytes(),
-                "short_classes": self.short_classes({entry["name"]: len(entry["images"]) for entry in classes}),
+                "short_classes": self.short_classes({entry["name"]: entry["readable"] for entry in classes}),
+                "not_classes": self.not_classes(),
                 "setting_help": SETTING_HELP, "setting_ranges": SETTING_RANGES,
             }
 
@@ -247,23 +311,30 @@ class Project:
             self.state["settings"] = config_to_dict(settings)
             self._save()
 
-    def add_class(self, class_name: str) -> None:
+    def add_class(self, class_name: str) -> str:
+        """Make a class; returns its name as stored (Unicode NFC: two spellings of one visible name are one class)."""
         with self.lock:
-            check_class_name(class_name)
-            existing = {name.casefold(): name for name in self.class_names()}
-            if class_name.casefold() in existing:
-                raise ProjectError(f"a class named {existing[class_name.casefold()]!r} already exists", 409)
+            class_name = check_class_name(normalize_class_name(class_name))
+            self._check_free(class_name)
             (self.dataset_dir / class_name).mkdir()
+            return class_name
 
-    def rename_class(self, class_name: str, new_name: str) -> None:
+    def _check_free(self, class_name: str, renaming: str | None = None) -> None:
+        """`ProjectError` 409 when a folder (a class or not) already has a name that is the same folder on
+        macOS or Windows, or looks the same."""
+        key = class_name_key(class_name)
+        for entry in self._class_folders():
+            if entry.name != renaming and class_name_key(entry.name) == key:
+                raise ProjectError(f"a class named {entry.name!r} already exists", 409)
+
+    def rename_class(self, class_name: str, new_name: str) -> str:
+        """Rename a class; returns the new name as stored (NFC, as `add_class`)."""
         with self.lock:
             folder = self._class_dir(class_name)
-            check_class_name(new_name)
+            new_name = check_class_name(normalize_class_name(new_name))
             if new_name == class_name:
-                return
-            others = {name.casefold() for name in self.class_names() if name != class_name}
-            if new_name.casefold() in others:
-                raise ProjectError(f"a class named {new_name!r} already exists", 409)
+                return new_name
+            self._check_free(new_name, renaming=class_name)
             folder.rename(self.dataset_dir / new_name)
             thumbnails = self.root / THUMBNAIL_DIR / class_name
             if thumbnails.is_dir():
@@ -272,6 +343,7 @@ class Project:
             for key in [key for key in notes if key.startswith(f"{class_name}/")]:
                 notes[f"{new_name}/{key.split('/', 1)[1]}"] = notes.pop(key)
             self._save()
+            return new_name
 
     def delete_class(self, class_name: str) -> None:
         with self.lock:
@@ -297,8 +369,8 @@ class Project:
             used = self.size_bytes()
             if used + len(payload) > self.limits.max_project_bytes:
                 raise ProjectError(
-                    f"the project is full: {used / 1e6:.1f} MB stored, the limit is "
-                    f"{self.limits.max_project_bytes / 1e6:.1f} MB; delete images or start another project", 413)
+                    f"the project is full: {megabytes(used)} stored, the limit is "
+                    f"{megabytes(self.limits.max_project_bytes)}; delete images or start another project", 413)
             path, was_new = store_png(self.dataset_dir, class_name, payload)
             image_id = path.stem
             thumbnail = squared.resize((self.limits.thumbnail_size,) * 2, Image.Resampling.LANCZOS)
@@ -329,7 +401,7 @@ class Project:
         short = self.short_classes()
         if short:
             listed = ", ".join(f"{name} ({count})" for name, count in short.items())
-            raise ProjectError(f"every class needs at least {self.limits.min_images_per_class} images; "
+            raise ProjectError(f"every class needs at least {self.limits.min_images_per_class} readable images; "
                                f"short: {listed}")
 
     def snapshot_dataset(self, target: Path) -> Path:
@@ -338,7 +410,10 @@ class Project:
         with self.lock:
             for name in self.class_names():
                 (target / name).mkdir(parents=True, exist_ok=True)
+                unreadable = self.unreadable_images(name)
                 for image_id in self.image_ids(name):
+                    if image_id in unreadable:
+                        continue
                     source = self.dataset_dir / name / f"{image_id}.png"
                     try:
                         os.link(source, target / name / source.name)
@@ -354,3 +429,39 @@ class Project:
             self.state["model"] = model
             self._save()
 
+
+    def remove_stale(self) -> list[Path]:
+        """Remove what a killed server left (called at start): run folders that are not the
+        project's model and that no training holds (an interrupted training's, `INCOMPLETE`), and
+        export staging folders no export holds. Returns what was removed."""
+        from detcrop.data.atomic import remove_stale_staging
+        from detcrop.data.locks import FolderLockedError, folder_lock
+
+        removed = []
+        with self.lock:
+            model = self.state.get("model") or {}
+            keep = Path(model["run_dir"]).resolve() if model.get("run_dir") else None
+            if self.runs_dir.is_dir():
+                for run in sorted(self.runs_dir.iterdir()):
+                    if run.is_symlink() or not run.is_dir() or run.resolve() == keep:
+                        continue
+                    try:
+                        with folder_lock(run, "ui clean-up"):  # a training still writing holds it
+                            shutil.rmtree(run)
+                    except FolderLockedError:
+                        continue
+                    except OSError as error:
+                        logger.warning("%s: could not remove an interrupted run (%s)", run, error)
+                        continue
+                    removed.append(run)
+            exports = self.root / EXPORTS_DIR
+            removed += remove_stale_staging(exports / EXPORT_STAGING, "export")
+            if exports.is_dir():  # earlier versions staged downloads in unlocked tempfile folders
+                for legacy in sorted(exports.glob("tmp*")):
+                    if legacy.is_dir() and not legacy.is_symlink():
+                        shutil.rmtree(legacy, ignore_errors=True)
+                        removed.append(legacy)
+        for path in removed:
+            logger.info("removed %s, left by an interrupted %s", path,
+                        "training" if path.parent == self.runs_dir else "download")
+        return removed

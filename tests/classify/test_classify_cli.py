@@ -55,7 +55,7 @@ def test_train_then_evaluate(tmp_path, capsys):
     ],
 )
 def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, argv, message):
-    data = _dataset(tmp_path / "data", per_class=2)
+    data = _dataset(tmp_path / "data", per_class=5)
     argv = [part.format(data=data, run=tmp_path / "run") for part in argv]
     assert main(argv + ["-q"]) == 2
     assert re.search(message, capsys.readouterr().err)
@@ -97,7 +97,7 @@ def test_a_weights_file_with_a_malicious_pickle_is_refused_in_one_line(tmp_path,
     """Issue 10 row 15: a zip-format .pth whose pickle calls a global: one line, exit 2, nothing run."""
     import zipfile
 
-    data = _dataset(tmp_path / "data", per_class=2)
+    data = _dataset(tmp_path / "data", per_class=5)
     marker = tmp_path / "owned"
     evil = tmp_path / "evil.pth"
     with zipfile.ZipFile(evil, "w") as archive:
@@ -115,7 +115,7 @@ def test_a_second_train_into_a_locked_run_folder_exits_2_naming_the_first(tmp_pa
     """Issue 10 row 6 for `train`: the run folder is locked while a job writes into it."""
     from detcrop.data.locks import folder_lock
 
-    data = _dataset(tmp_path / "data", per_class=3)
+    data = _dataset(tmp_path / "data", per_class=5)
     run = tmp_path / "run"
     argv = ["train", str(data), "--out", str(run), "--backbone", "scratch", "--image-size", "32", "--epochs", "1",
             "--val-ratio", "0.34", "--cache-dir", str(tmp_path / "cache"), "-q"]

@@ -316,7 +316,7 @@ def test_training_seeds_no_global_generator(tmp_path):
     """Library code never seeds Python's or NumPy's global generators behind its caller; runs still repeat."""
     import random
 
-    dataset = make_dataset(tmp_path / "data", per_class=4)
+    dataset = make_dataset(tmp_path / "data", per_class=5)
     random.seed(123)
     np.random.seed(123)
     python_state, numpy_state = random.getstate(), np.random.get_state()

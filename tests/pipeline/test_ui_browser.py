@@ -111,6 +111,17 @@ def page(server):
         browser.close()
 
 
+def _wait_for_camera(page, timeout: float = 15) -> None:
+    """Until the camera preview shows frames. Polled from here: `wait_for_function` evaluates its
+    predicate as a string inside the page, which the page's CSP (no eval) refuses."""
+    video = page.locator("#camera-video")
+    deadline = time.monotonic() + timeout
+    while not video.evaluate("element => element.videoWidth > 0"):
+        if time.monotonic() > deadline:
+            raise AssertionError("the camera preview showed no frame")
+        time.sleep(0.1)
+
+
 def _is_local(url: str, server: str) -> bool:
     """The page's own server, or an image the page made in memory (a preview of a chosen photo)."""
     return url.startswith((server + "/", f"blob:{server}/", "data:"))
@@ -150,7 +161,7 @@ def test_beginners_flow(page, server, tmp_path):
     _screenshot(page, "1-classes")
     rolex = page.locator('.class-card[data-class="rolex"]')
     rolex.locator(".camera-button").click()
-    page.wait_for_function("document.getElementById('camera-video').videoWidth > 0")
+    _wait_for_camera(page)
     _screenshot(page, "2-camera")
     page.click("#camera-capture")
     expect(rolex.locator(".thumb img")).to_have_count(7)

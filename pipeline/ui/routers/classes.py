@@ -16,14 +16,12 @@ class ClassName(BaseModel):
 
 @router.post("/api/classes", status_code=201)
 def add_class(body: ClassName, request: Request) -> dict:
-    request.app.state.project.add_class(body.name)
-    return {"name": body.name, "images": []}
+    return {"name": request.app.state.project.add_class(body.name), "images": []}
 
 
 @router.patch("/api/classes/{class_name}")
 def rename_class(class_name: str, body: ClassName, request: Request) -> dict:
-    request.app.state.project.rename_class(class_name, body.name)
-    return {"name": body.name}
+    return {"name": request.app.state.project.rename_class(class_name, body.name)}
 
 
 @router.delete("/api/classes/{class_name}", status_code=204)

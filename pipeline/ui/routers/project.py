@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict
 
-from detcrop.pipeline.ui.project import ProjectError
+from detcrop.pipeline.ui.project import EXPORT_STAGING, EXPORTS_DIR, ProjectError
 
 router = APIRouter(tags=["project"])
 
@@ -37,22 +36,38 @@ def update_project(update: ProjectUpdate, request: Request) -> dict:
 
 @router.get("/api/model/download")
 def download_model(request: Request, format: str = Query("tflite", pattern="^(tflite|savedmodel)$")):
-    """A zip of `detcrop export RUN --format FORMAT`: the model, labels.txt and export.json."""
-    from detcrop.classify.export import export_bundle
+    """A zip of `detcrop export RUN --format FORMAT`: the model, labels.txt and export.json.
 
+    Each model's export in each format is made once and kept until another model replaces it;
+    one export runs at a time (a request that finds one running waits for it, then reuses it).
+    """
     project = request.app.state.project
     model = project.state.get("model")
     if not model:
         raise ProjectError("there is no trained model yet; train one first", 409)
-    exports = project.root / "exports"
+    exports = project.root / EXPORTS_DIR
     archive = exports / f"{model['run']}-{format}.zip"
-    if not archive.is_file():
-        exports.mkdir(exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=exports) as staging:
-            export_bundle(model["run_dir"], Path(staging) / "model", format)
-            built = shutil.make_archive(str(Path(staging) / "archive"), "zip", Path(staging) / "model")
-            for old in exports.glob("*.zip"):  # earlier models' exports
-                old.unlink()
-            Path(built).replace(archive)
+    with request.app.state.export_lock:
+        if not archive.is_file():
+            _export_archive(model, format, archive)
     safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in project.state["name"]) or "model"
     return FileResponse(archive, media_type="application/zip", filename=f"{safe_name}-{format}.zip")
+
+
+def _export_archive(model: dict, format: str, archive: Path) -> None:
+    from detcrop.classify.export import export_bundle
+    from detcrop.data.atomic import StagingFolder
+
+    exports = archive.parent
+    # A locked, recognisable staging folder: a server killed mid-export leaves one that the
+    # next start removes (`Project.remove_stale`).
+    with StagingFolder(exports / EXPORT_STAGING, "export") as staging:
+        try:
+            export_bundle(model["run_dir"], staging.path / "model", format)
+            built = shutil.make_archive(str(staging.path / "archive"), "zip", staging.path / "model")
+            Path(built).replace(archive)
+        finally:
+            shutil.rmtree(staging.path, ignore_errors=True)
+    for old in exports.glob("*.zip"):  # earlier models' exports; this model's other format stays
+        if not old.name.startswith(f"{model['run']}-"):
+            old.unlink(missing_ok=True)

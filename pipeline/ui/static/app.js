@@ -48,6 +48,13 @@ function render() {
 function renderClasses() {
   const container = $("classes");
   container.replaceChildren();
+  for (const folder of project.not_classes) {
+    const note = document.createElement("p");
+    note.className = "message error not-class";
+    note.textContent = `The folder "${folder.folder}" is not a class and is left out of training: ${folder.reason}. ` +
+      `To fix it, ${folder.fix}.`;
+    container.append(note);
+  }
   const need = project.limits.min_images_per_class;
   for (const cls of project.classes) {
     const card = document.createElement("div");
@@ -70,10 +77,12 @@ function renderClasses() {
     head.append(name, remove);
 
     const count = document.createElement("p");
-    const short = cls.images.length < need;
+    const short = cls.readable < need;
+    const unreadable = cls.images.length - cls.readable;
     count.className = "class-count" + (short ? " short" : "");
-    count.textContent = `${cls.images.length} image${cls.images.length === 1 ? "" : "s"}` +
-      (short ? ` - add ${need - cls.images.length} more to train` : "");
+    count.textContent = `${cls.readable} image${cls.readable === 1 ? "" : "s"}` +
+      (unreadable ? ` (${unreadable} more that cannot be read: delete ${unreadable === 1 ? "it" : "them"})` : "") +
+      (short ? ` - add ${need - cls.readable} more to train` : "");
 
     const thumbs = document.createElement("div");
     thumbs.className = "thumbs";
@@ -91,6 +100,10 @@ function renderClasses() {
       x.setAttribute("aria-label", "Delete this image");
       x.addEventListener("click", () => deleteImage(cls.name, image.id));
       thumb.append(img, x);
+      if (image.unreadable) {
+        thumb.classList.add("unreadable");
+        thumb.title = `Cannot be read, left out of training: ${image.unreadable}`;
+      }
       if (image.whole_photo) {
         const badge = document.createElement("span");
         badge.className = "badge";
@@ -135,14 +148,44 @@ function renderClasses() {
   }
 }
 
+// The server refuses a request body over limits.max_request_bytes: files go in batches under it
+// (with room for the form's own bytes); a file over the per-file limit is refused here, unsent.
+function uploadBatches(files) {
+  const perFile = project.limits.max_upload_bytes;
+  const budget = project.limits.max_request_bytes - 1024 * 1024;
+  const batches = [], refused = [];
+  let batch = [], size = 0;
+  for (const file of files) {
+    if (file.size > perFile) {
+      refused.push({file: file.name, reason: `file is over the limit of ${perFile / 2 ** 20} MB`});
+      continue;
+    }
+    if (batch.length && size + file.size > budget) { batches.push(batch); batch = []; size = 0; }
+    batch.push(file);
+    size += file.size;
+  }
+  if (batch.length) batches.push(batch);
+  return {batches, refused};
+}
+
+async function postImages(className, files) {
+  const {batches, refused} = uploadBatches(files);
+  const result = {added: [], duplicates: [], refused};
+  for (const batch of batches) {
+    const form = new FormData();
+    for (const file of batch) form.append("files", file, file.name);
+    const part = await api("POST", `/api/classes/${encodeURIComponent(className)}/images`, form);
+    for (const key of ["added", "duplicates", "refused"]) result[key].push(...part[key]);
+  }
+  return result;
+}
+
 async function uploadImages(className, fileList) {
   const files = Array.from(fileList || []);  // a copy: the input's own list empties when it is reset
   if (!files.length) return;
-  const form = new FormData();
-  for (const file of files) form.append("files", file, file.name);
   say($("classes-message"), `Adding ${files.length} image${files.length === 1 ? "" : "s"} to ${className}...`);
   try {
-    const result = await api("POST", `/api/classes/${encodeURIComponent(className)}/images`, form);
+    const result = await postImages(className, files);
     const parts = [`${className}: added ${result.added.length}`];
     if (result.duplicates.length) parts.push(`${result.duplicates.length} already there`);
     for (const refused of result.refused) parts.push(`refused ${refused.file}: ${refused.reason}`);
