@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from detcrop.data import layout
+from detcrop.data.streams import JsonLinesWriter
 from detcrop.data.atomic import atomic_open
 from detcrop.data.errors import DetcropError
 
@@ -119,40 +120,12 @@ def write_manifest(path: str | os.PathLike, records: Iterable[CropRecord]) -> No
             handle.write(record.to_json() + "\n")
 
 
-class ManifestWriter:
-    """Appends records one durable line at a time; safe to reopen after a kill.
+class ManifestWriter(JsonLinesWriter):
+    """Appends crop records one durable line at a time; safe to reopen after a kill.
 
     >>> with ManifestWriter("dataset/manifest.jsonl") as writer:  # doctest: +SKIP
     ...     writer.append(record)
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_unfinished_tail()
-        self._handle = open(self.path, "a", encoding="utf-8")
-
-    def _drop_unfinished_tail(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb+") as handle:
-            payload = handle.read()
-            if payload.endswith(b"\n"):
-                return
-            keep = payload.rfind(b"\n") + 1
-            logger.warning("%s: cutting an unfinished last line left by an interrupted run", self.path)
-            handle.truncate(keep)
-
     def append(self, record: CropRecord) -> None:
-        self._handle.write(record.to_json() + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> "ManifestWriter":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        self.write_line(record.to_json())

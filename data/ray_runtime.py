@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import PurePosixPath
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -87,6 +88,29 @@ def read_files(ray, read_paths: list[str], workers: int, filesystem=None):
                                       override_num_blocks=blocks, **kwargs)
 
 
+def list_uri_images(uri: str):
+    """(pyarrow filesystem, root path in it, image files, other files) under a URI pyarrow reads (s3://, gs://, file://).
+
+    Files are paths relative to the root (`PurePosixPath`), sorted; hidden ones are left out.
+    """
+    import pyarrow.fs
+
+    from detcrop.data.images import is_image_path
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+    root = root.rstrip("/")
+    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    files, others = [], []
+    for info in infos:
+        if info.type != pyarrow.fs.FileType.File:
+            continue
+        relative = PurePosixPath(info.path).relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        (files if is_image_path(relative.name) else others).append(relative)
+    return filesystem, root, sorted(files), sorted(others)
+
+
 def path_key(path: str | os.PathLike) -> str:
     """A path as given to `read_files`, and as Ray gives it back in the "path" column, made comparable."""
     return os.path.normcase(os.path.normpath(str(path)))
@@ -124,5 +148,5 @@ def single_thread_tensorflow() -> None:
         pass  # TensorFlow already runs in this process (an actor called in-process): its threads stay
 
 
-__all__ = ["RayMissingError", "RaySettings", "import_ray", "map_with_actors", "path_key", "ray_session",
+__all__ = ["RayMissingError", "RaySettings", "import_ray", "list_uri_images", "map_with_actors", "path_key", "ray_session",
            "read_files", "shared_value", "single_thread_tensorflow"]

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
@@ -57,6 +57,7 @@ from detcrop.data.manifest import (
     read_manifest, write_manifest,
 )
 from detcrop.data.outputs import check_output_path
+from detcrop.data.streams import prefetched
 from detcrop.detect.base import DEFAULT_DETECTOR, DEFAULT_RUNTIME, RUNTIMES, Detector, check_image, detector_label_map
 from detcrop.detect.detections import Detections
 from detcrop.detect.geometry import SQUARE_MODES, CropTooSmallError, crop_region, cut_region
@@ -451,30 +452,6 @@ class _Loaded:
     done: bool = False  # an earlier run recorded this photo
 
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def _prefetched(items: Iterable[T], function: Callable[[T], R], workers: int, depth: int) -> Iterator[R]:
-    """`map(function, items)` in order, run up to `depth` items ahead on `workers` threads."""
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detcrop-decode")
-    pending: deque = deque()
-    iterator = iter(items)
-    try:
-        for item in iterator:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= depth:
-                break
-        while pending:
-            result = pending.popleft().result()
-            for item in iterator:
-                pending.append(pool.submit(function, item))
-                break
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _source_key(path: str | os.PathLike) -> str:
     return os.path.normcase(os.path.abspath(path))
 
@@ -725,7 +702,7 @@ def crop_photos(
 
 @contextmanager
 def crop_dataset(dataset: Path, config: CropConfig, input_name: str | os.PathLike, local_input: Path | None,
-                 photos: list, skipped: list[Skipped], load: Callable[[], T]) -> Iterator[tuple[T, set[tuple]]]:
+                 photos: list, skipped: list[Skipped], load: Callable[[], object]) -> Iterator[tuple[object, set[tuple]]]:
     """The set-up every crop driver shares, around its loop: (what `load()` returned, the resume state).
 
     Refuses an output inside or around `local_input` (a rerun would crop the crops; around
@@ -751,7 +728,7 @@ def _crop_into(dataset: Path, photos: list[Photo], skipped: list[Skipped], confi
     """The resumable loop of `crop_photos`, run while it holds the dataset's lock."""
     limits = config.image_limits
     with CropJob(dataset, len(photos), skipped, config.prefetch) as job:
-        loaded_photos = _prefetched(photos, lambda photo: _read_photo(photo, limits, done), config.workers,
+        loaded_photos = prefetched(photos, lambda photo: _read_photo(photo, limits, done), config.workers,
                                     config.prefetch)
         bar = tqdm(loaded_photos, total=len(photos), desc="crop", unit="photo", disable=not progress)
         for loaded in bar:

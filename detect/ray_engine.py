@@ -18,15 +18,16 @@ from __future__ import annotations
 import os
 import pickle
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from tqdm import tqdm
 
 from detcrop.data.config import config_to_dict
 from detcrop.data.errors import UsageError
 from detcrop.data.folders import check_class_name, not_an_image
-from detcrop.data.images import bytes_sha256, is_image_path
+from detcrop.data.images import bytes_sha256
 from detcrop.data.ray_runtime import (
+    list_uri_images,
     RayMissingError, RaySettings, import_ray, map_with_actors, path_key, ray_session, read_files, shared_value,
     single_thread_tensorflow,
 )
@@ -53,20 +54,7 @@ def list_input(input_location: str | os.PathLike, label: str | None, config: Cro
     if "://" not in text:
         photos, skipped = list_photos(Path(text), label, default_label=default_label(config))
         return [InputPhoto(os.path.abspath(photo.path), str(photo.path), photo.label) for photo in photos], skipped, None
-    import pyarrow.fs
-
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(text)
-    root = root.rstrip("/")
-    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
-    files, skipped = [], []
-    for info in infos:
-        if info.type != pyarrow.fs.FileType.File:
-            continue
-        relative = PurePosixPath(info.path).relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        (files if is_image_path(relative.name) else skipped).append(relative)
-    files.sort()
+    filesystem, root, files, skipped = list_uri_images(text)
     has_own_images = any(len(relative.parts) == 1 for relative in files)
     prefix = text.rstrip("/")
     photos = []

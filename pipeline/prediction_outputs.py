@@ -6,11 +6,12 @@ import csv
 import io
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 from detcrop.data.atomic import atomic_write_bytes, atomic_write_text
-from detcrop.pipeline.scoring import REGION_WHOLE_IMAGE, REGION_WHOLE_PHOTO, PhotoResult, Scorer
+from detcrop.pipeline.scoring import DEFAULT_BATCH_PHOTOS, REGION_WHOLE_IMAGE, REGION_WHOLE_PHOTO, PhotoResult, Scorer
 
 #: Bumped when the JSON layout changes meaning.
 PREDICTIONS_SCHEMA_VERSION = 1
@@ -73,28 +74,44 @@ def format_table(results: Sequence[PhotoResult], max_width: int = 40) -> str:
     return "\n".join(lines)
 
 
+class PhotoPlotter:
+    """Writes `plot_photo` PNGs into a folder, one per readable photo; clashing names get a number."""
+
+    def __init__(self, plot_dir: str | os.PathLike, class_names: Sequence[str]):
+        self.plot_dir, self.class_names = Path(plot_dir), class_names
+        self.names: Counter = Counter()
+
+    def plot(self, result: PhotoResult) -> None:
+        from detcrop.data.images import load_image_array
+
+        if result.error is not None:
+            return
+        stem = Path(result.path).stem
+        self.names[stem] += 1
+        # Photos from different folders may share a name; number the later ones so no plot is overwritten.
+        name = stem if self.names[stem] == 1 else f"{stem}_{self.names[stem]:04d}"
+        plot_photo(self.plot_dir / f"{name}.png", load_image_array(result.path), result, self.class_names)
+
+
 def score_photos(scorer: Scorer, paths: Sequence[Path], plot_dir: str | os.PathLike | None = None,
                  json_path: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None,
-                 run_dir: str = "", progress: bool = True) -> list[PhotoResult]:
-    """Score `paths` and write what `detcrop predict` writes: a PNG per readable photo in
-    `plot_dir`, the JSON document and the CSV, each only when its destination is given."""
+                 run_dir: str = "", progress: bool = True, batch_size: int = DEFAULT_BATCH_PHOTOS) -> list[PhotoResult]:
+    """Score `paths` (`Scorer.score_many`) and write what `detcrop predict` writes for a handful of photos: a PNG
+    per readable photo in `plot_dir`, the JSON document and the CSV, each only when its destination is given."""
     from tqdm import tqdm
 
-    from detcrop.data.images import load_image_array
-
     results = []
-    stems = [Path(path).stem for path in paths]
     figures = {"classified": 0, "no_object": 0, "unreadable": 0}
-    bar = tqdm(paths, desc="predict", unit="photo", disable=not progress or len(paths) < 2)
-    for index, path in enumerate(bar):
-        result = scorer.score(path)
+    plotter = PhotoPlotter(plot_dir, scorer.class_names) if plot_dir is not None else None
+    bar = tqdm(total=len(paths), desc="predict", unit="photo", disable=not progress or len(paths) < 2)
+    for result in scorer.score_many(paths, batch_size):
         results.append(result)
         figures["unreadable" if result.error else "classified" if result.objects else "no_object"] += 1
         bar.set_postfix(figures, refresh=False)
-        if plot_dir is not None and result.error is None:
-            # Photos from different folders may share a name; number those so no plot is overwritten.
-            name = stems[index] if stems.count(stems[index]) == 1 else f"{stems[index]}_{index:04d}"
-            plot_photo(Path(plot_dir) / f"{name}.png", load_image_array(path), result, scorer.class_names)
+        bar.update(1)
+        if plotter is not None:
+            plotter.plot(result)
+    bar.close()
     if json_path is not None:
         write_json(json_path, predictions_document(results, scorer.class_names, scorer.unknown_threshold, run_dir))
     if csv_path is not None:

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
 
@@ -41,6 +41,30 @@ FALLBACK_UNKNOWN_THRESHOLD = 0.5
 REGION_DETECTION = "detection"  # a detector box, cut with the training crop settings
 REGION_WHOLE_PHOTO = "whole-photo"  # nothing detected; the whole photo, as on_empty=whole-photo trained it
 REGION_WHOLE_IMAGE = "whole-image"  # no detector at all (detect=False): the image as given
+#: Photos whose crops `Scorer.score_many` classifies in one pass.
+DEFAULT_BATCH_PHOTOS = 16
+#: What `Scorer.score_many` takes: a path, or a (name, bytes) pair.
+PhotoSource = Union[str, os.PathLike, tuple]
+
+
+class Region(NamedTuple):
+    """One region of a photo to classify: a detection cut as in training, or the whole photo."""
+
+    box: tuple | None  # detector box, pixels xyxy (None: whole photo)
+    crop_box: tuple  # the region cut out
+    score: float | None  # detector confidence (None: whole photo)
+    image: np.ndarray  # the cut-out pixels
+    region: str  # REGION_DETECTION, REGION_WHOLE_PHOTO or REGION_WHOLE_IMAGE
+
+
+class ReadPhoto(NamedTuple):
+    """A photo as `Scorer.read` left it: decoded, or the reason it could not be."""
+
+    path: str
+    image: np.ndarray | None
+    sha256: str | None  # of the file's bytes (None when they could not be read)
+    error: str | None
+    seconds: float  # spent reading and decoding
 
 
 @dataclass(frozen=True)
@@ -68,7 +92,8 @@ class PhotoResult:
     objects: tuple[ObjectResult, ...] = ()
     error: str | None = None  # the photo could not be read (the reason)
     note: str | None = None  # why no object was detected, when none was (also when the whole photo was scored)
-    seconds: float = 0.0  # wall time spent on this photo (read, detect, crop, classify)
+    seconds: float = 0.0  # wall time spent on this photo (read, detect, crop, its share of the classifier pass)
+    sha256: str | None = None  # of the photo's bytes, when it was read from a file or bytes
 
     def top_class(self) -> str | None:
         """Which class? The label of the most confident object; None when nothing was found."""
@@ -170,65 +195,117 @@ class Scorer:
     def class_names(self) -> tuple[str, ...]:
         return self.bundle.class_names
 
-    def _objects(self, image: np.ndarray) -> tuple[list[ObjectResult], str | None]:
+    def regions(self, image: np.ndarray) -> tuple[list[Region], str | None]:
+        """Detect and crop `image` as in training: (the regions to classify, why nothing was detected)."""
         from detcrop.detect.base import detector_label_map
         from detcrop.detect.crop import crop_detections, describe_empty
 
         if self.detector is None:
             height, width = image.shape[:2]
-            regions = [(None, (0, 0, width, height), None, image, REGION_WHOLE_IMAGE)]
-            note = None
-        else:
-            detections = self.detector.detect(image)
-            label_map = detector_label_map(self.detector)
-            crops = crop_detections(image, detections, self.crop_config, label_map)
-            # A whole-photo crop (on_empty="whole-photo") is the only kind without a detector score.
-            regions = [(None, crop.crop_box, None, crop.image, REGION_WHOLE_PHOTO) if crop.score is None
-                       else (crop.box, crop.crop_box, crop.score, crop.image, REGION_DETECTION) for crop in crops]
-            note = None
-            if not crops or crops[0].score is None:
-                note = describe_empty(detections, self.crop_config, label_map)
-                if crops:
-                    note += "; scored the whole photo"
+            return [Region(None, (0, 0, width, height), None, image, REGION_WHOLE_IMAGE)], None
+        detections = self.detector.detect(image)
+        label_map = detector_label_map(self.detector)
+        crops = crop_detections(image, detections, self.crop_config, label_map)
+        # A whole-photo crop (on_empty="whole-photo") is the only kind without a detector score.
+        regions = [Region(None, crop.crop_box, None, crop.image, REGION_WHOLE_PHOTO) if crop.score is None
+                   else Region(crop.box, crop.crop_box, crop.score, crop.image, REGION_DETECTION) for crop in crops]
+        note = None
+        if not crops or crops[0].score is None:
+            note = describe_empty(detections, self.crop_config, label_map)
+            if crops:
+                note += "; scored the whole photo"
+        return regions, note
+
+    def classify(self, regions: list[Region]) -> list[ObjectResult]:
+        """One classifier pass over `regions` (of any number of photos), in order."""
         if not regions:
-            return [], note
-        probabilities = self.bundle.predict([region[3] for region in regions], tta_flip=self.tta_flip)
+            return []
+        probabilities = self.bundle.predict([region.image for region in regions], batch_size=len(regions),
+                                            tta_flip=self.tta_flip)
         objects = []
-        for (box, crop_box, score, _, region), row in zip(regions, probabilities):
+        for region, row in zip(regions, probabilities):
             top = int(np.argmax(row))
             objects.append(ObjectResult(
-                box=None if box is None else tuple(round(float(value), 2) for value in box),
-                crop_box=tuple(int(value) for value in crop_box),
-                detector_score=None if score is None else round(float(score), 6),
+                box=None if region.box is None else tuple(round(float(value), 2) for value in region.box),
+                crop_box=tuple(int(value) for value in region.crop_box),
+                detector_score=None if region.score is None else round(float(region.score), 6),
                 probabilities={name: round(float(value), 6) for name, value in zip(self.class_names, row)},
                 label=self.class_names[top] if row[top] >= self.unknown_threshold else UNKNOWN,
                 top_class=self.class_names[top],
                 top_probability=round(float(row[top]), 6),
-                region=region,
+                region=region.region,
             ))
-        return objects, note
+        return objects
+
+    def score_images(self, photos: Sequence[ReadPhoto]) -> list[PhotoResult]:
+        """Score decoded photos together: each is detected and cropped, then all their crops are classified in
+        one pass. A photo that failed to read (or that the detector chokes on) gets a result with `error`."""
+        detected = []  # (photo, regions, note, error, seconds spent on it)
+        for photo in photos:
+            if photo.image is None:
+                detected.append((photo, [], None, photo.error, photo.seconds))
+                continue
+            start = time.perf_counter()
+            try:
+                regions, note = self.regions(photo.image)
+                detected.append((photo, regions, note, None, photo.seconds + time.perf_counter() - start))
+            except Exception as error:  # one photo the models choke on must not end a batch
+                logger.warning("%s: scoring failed: %s", photo.path, error)
+                detected.append((photo, [], None, f"processing error: {error}", photo.seconds))
+        start = time.perf_counter()
+        objects = iter(self.classify([region for _, regions, _, _, _ in detected for region in regions]))
+        share = (time.perf_counter() - start) / max(1, len(photos))  # the shared pass, split evenly
+        return [PhotoResult(path=photo.path, objects=tuple(next(objects) for _ in regions), error=error, note=note,
+                            seconds=seconds + share, sha256=photo.sha256)
+                for photo, regions, note, error, seconds in detected]
+
+    def read(self, item: PhotoSource, skip: Callable[[str, str], bool] | None = None) -> ReadPhoto | None:
+        """Read and decode one photo (a path, or (name, bytes)); a failure is a `ReadPhoto` with `error`.
+
+        None when `skip(path, sha256)` says the photo needs no scoring (a resumed job has it).
+        """
+        from detcrop.data.images import bytes_sha256, decode_image_array, read_image_bytes
+
+        start = time.perf_counter()
+        path, payload = (str(item[0]), item[1]) if isinstance(item, tuple) else (str(item), None)
+        sha256 = None
+        try:
+            payload = read_image_bytes(path, self.limits) if payload is None else bytes(payload)
+            sha256 = bytes_sha256(payload)
+            if skip is not None and skip(path, sha256):
+                return None
+            image = decode_image_array(payload, self.limits, path)
+        except (ImageError, OSError) as error:
+            reason = error.reason if isinstance(error, ImageError) else f"cannot read file ({error})"
+            if sha256 is None and skip is not None and skip(path, None):
+                return None  # unreadable then and now
+            return ReadPhoto(path, None, sha256, reason, time.perf_counter() - start)
+        return ReadPhoto(path, image, sha256, None, time.perf_counter() - start)
 
     def score_image(self, image: np.ndarray, path: str = "<array>") -> PhotoResult:
         """Score an already decoded uint8 (H, W, 3) image."""
-        start = time.perf_counter()
-        objects, note = self._objects(image)
-        return PhotoResult(path=path, objects=tuple(objects), note=note, seconds=time.perf_counter() - start)
+        return self.score_images([ReadPhoto(path, image, None, None, 0.0)])[0]
 
     def score(self, path: str | os.PathLike) -> PhotoResult:
         """Read and score one photo; an unreadable photo gives a result with `error`, never an exception."""
-        start = time.perf_counter()
-        try:
-            image = load_image_array(path, self.limits)
-        except ImageError as error:
-            return PhotoResult(path=str(path), error=error.reason, seconds=time.perf_counter() - start)
-        try:
-            objects, note = self._objects(image)
-        except Exception as error:  # one photo the models choke on must not end a batch
-            logger.warning("%s: scoring failed: %s", path, error)
-            return PhotoResult(path=str(path), error=f"processing error: {error}", seconds=time.perf_counter() - start)
-        return PhotoResult(path=str(path), objects=tuple(objects), note=note, seconds=time.perf_counter() - start)
+        return self.score_images([self.read(path)])[0]
 
-    def score_many(self, paths: Iterable[str | os.PathLike]) -> Iterator[PhotoResult]:
-        for path in paths:
-            yield self.score(path)
+    def score_many(self, photos: Iterable[PhotoSource], batch_size: int = DEFAULT_BATCH_PHOTOS,
+                   workers: int = 2, skip: Callable[[str, str | None], bool] | None = None) -> Iterator[PhotoResult]:
+        """Score a stream of photos (paths, or (name, bytes) pairs), yielding results in input order.
 
+        Photos are read and decoded ahead on `workers` threads; the crops of `batch_size`
+        photos at a time go through the classifier in one pass. Memory stays flat however
+        long the stream (a crawl, a generator over a bucket listing). Photos for which
+        ``skip(path, sha256)`` is true are read and hashed but not scored, nor yielded.
+
+        >>> for result in Scorer.load("runs/watches").score_many(Path("crawl").rglob("*.jpg")):  # doctest: +SKIP
+        ...     print(result.path, result.top_class())
+        """
+        from detcrop.data.streams import batched, prefetched
+
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        read = prefetched(photos, lambda item: self.read(item, skip), workers, depth=2 * batch_size)
+        for batch in batched((photo for photo in read if photo is not None), batch_size):
+            yield from self.score_images(batch)

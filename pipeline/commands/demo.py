@@ -91,6 +91,7 @@ def format_demo_summary(paths: DemoPaths, photos_made: int, crop_summary, metric
     macro_f1, samples); `results`: the `PhotoResult` of each new photo.
     """
     from detcrop.pipeline.commands.crop import crop_figures
+    from detcrop.pipeline.batch_predict import record_of, summarise
     from detcrop.pipeline.commands.predict import predict_figures
     from detcrop.pipeline.console import format_duration, format_summary
 
@@ -100,7 +101,7 @@ def format_demo_summary(paths: DemoPaths, photos_made: int, crop_summary, metric
         ("dataset", f"{paths.dataset}/: {crop_figures(crop_summary)}"),
         ("run", f"{paths.run_dir}/: val accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
                 f"({metrics.get('samples', '?')} val images); model.keras, bundle.json, reports"),
-        ("predictions", f"{paths.predictions}/: {predict_figures(results)}; JSON, CSV, plots/"),
+        ("predictions", f"{paths.predictions}/: {predict_figures(summarise(map(record_of, results), []))}; JSON, CSV, plots/"),
         ("true style", f"{right} of {len(results)} new photos (the first word of each file name)"),
     ]
     return format_summary(f"demo done in {format_duration(seconds)}", rows)

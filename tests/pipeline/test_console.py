@@ -148,7 +148,10 @@ def test_the_demo_ends_with_what_was_made_where_and_how_long():
 
 def test_predict_ends_with_its_run_figures_and_files():
     results = [_photo("a.jpg", "classic"), _photo("b.jpg", None), _photo("c.jpg", None, error="truncated")]
-    lines = format_predict_summary(results, "runs/r1", 3.2, json_path="p.json", plot_dir="plots").splitlines()
+    from detcrop.pipeline.batch_predict import record_of, summarise
+
+    counts = summarise(map(record_of, results), [])
+    lines = format_predict_summary(counts, "runs/r1", 3.2, json_path="p.json", plot_dir="plots").splitlines()
     assert lines == ["predict done in 3 s",
                      "  run     runs/r1",
                      "  photos  3 photos: 1 classified, 1 without an object, 1 unreadable",
