@@ -354,37 +354,32 @@ def build_efficientnet_lite0(
     return build_efficientnet_lite("lite0", input_shape, include_top, weights)
 
 
+def _pointwise_bn(x, filters: int, conv_name: str, bn_name: str, torch_conv: str, torch_bn: str,
+                  mapping: list[tuple[str, str, str]]):
+    """A 1x1 convolution and its BatchNorm (no activation); both join `mapping`."""
+    x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False, name=conv_name)(x)
+    mapping.append((conv_name, "conv", torch_conv))
+    x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=bn_name)(x)
+    mapping.append((bn_name, "bn", torch_bn))
+    return x
+
+
 def _mbconv_block(x, name: str, prefix: str, in_channels: int, out_channels: int, kernel: int, block_stride: int,
                   expand_ratio: int, mapping: list[tuple[str, str, str]]):
     """One inverted-residual block (expand 1x1, depthwise, project 1x1, residual add); its layers join `mapping`."""
     block_input = x
-    expanded = in_channels * expand_ratio
     if expand_ratio != 1:
-        x = keras.layers.Conv2D(
-            expanded, 1, padding="same", use_bias=False, name=f"{name}_expand_conv"
-        )(x)
-        mapping.append((f"{name}_expand_conv", "conv", f"{prefix}._expand_conv"))
-        x = keras.layers.BatchNormalization(
-            epsilon=_BN_EPSILON, name=f"{name}_expand_bn"
-        )(x)
-        mapping.append((f"{name}_expand_bn", "bn", f"{prefix}._bn0"))
+        x = _pointwise_bn(x, in_channels * expand_ratio, f"{name}_expand_conv", f"{name}_expand_bn",
+                          f"{prefix}._expand_conv", f"{prefix}._bn0", mapping)
         x = keras.layers.ReLU(6.0, name=f"{name}_expand_activation")(x)
-    x = keras.layers.DepthwiseConv2D(
-        kernel, strides=block_stride, padding="same", use_bias=False,
-        name=f"{name}_dwconv",
-    )(x)
+    x = keras.layers.DepthwiseConv2D(kernel, strides=block_stride, padding="same", use_bias=False,
+                                     name=f"{name}_dwconv")(x)
     mapping.append((f"{name}_dwconv", "dwconv", f"{prefix}._depthwise_conv"))
     x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
     mapping.append((f"{name}_bn", "bn", f"{prefix}._bn1"))
     x = keras.layers.ReLU(6.0, name=f"{name}_activation")(x)
-    x = keras.layers.Conv2D(
-        out_channels, 1, padding="same", use_bias=False, name=f"{name}_project_conv"
-    )(x)
-    mapping.append((f"{name}_project_conv", "conv", f"{prefix}._project_conv"))
-    x = keras.layers.BatchNormalization(
-        epsilon=_BN_EPSILON, name=f"{name}_project_bn"
-    )(x)
-    mapping.append((f"{name}_project_bn", "bn", f"{prefix}._bn2"))
+    x = _pointwise_bn(x, out_channels, f"{name}_project_conv", f"{name}_project_bn", f"{prefix}._project_conv",
+                      f"{prefix}._bn2", mapping)
     if block_stride == 1 and in_channels == out_channels:
         x = keras.layers.Add(name=f"{name}_add")([x, block_input])
     return x
