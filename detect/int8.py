@@ -96,15 +96,17 @@ def images_digest(images: Sequence[np.ndarray]) -> str:
 
 
 def _import_quantization():
+    """(onnx, onnxruntime.quantization, its quant_pre_process); `QuantizationError` when one does not import."""
+    import importlib
+
     try:
-        import onnx
-        import onnxruntime
-        from onnxruntime import quantization
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        onnx = importlib.import_module("onnx")
+        quantization = importlib.import_module("onnxruntime.quantization")
+        shape_inference = importlib.import_module("onnxruntime.quantization.shape_inference")
     except ImportError as error:
         raise QuantizationError(f"--precision int8 needs onnxruntime.quantization and onnx, which do not import "
                                 f"({error}); pip install 'detcrop[export]', or use --precision float32") from None
-    return onnx, onnxruntime, quantization, quant_pre_process
+    return onnx, quantization, shape_inference.quant_pre_process
 
 
 def quantized_ssd_path(float_model: str | os.PathLike,
@@ -116,7 +118,9 @@ def quantized_ssd_path(float_model: str | os.PathLike,
     default `calibration_images()`. The cache key covers the float model, the calibration
     set, the onnxruntime version and `QUANT_VERSION`.
     """
-    _, onnxruntime, _, _ = _import_quantization()
+    from detcrop.detect.onnx_detectors import _import_onnxruntime
+
+    onnxruntime = _import_onnxruntime()
     calibration = images() if callable(images) else images if images is not None else calibration_images()
     key = hashlib.sha256("\n".join([file_sha256(float_model), images_digest(calibration), onnxruntime.__version__,
                                     f"int8-v{QUANT_VERSION}"]).encode()).hexdigest()
@@ -164,7 +168,7 @@ def quantized_region(graph) -> list[str]:
 
 def quantize_ssd_model(float_model: str | os.PathLike, images: Sequence[np.ndarray]) -> bytes:
     """The serialized INT8 model of the split SSD file `float_model`, calibrated on `images` (see the module doc)."""
-    onnx, _, quantization, quant_pre_process = _import_quantization()
+    onnx, quantization, quant_pre_process = _import_quantization()
     if not images:
         raise QuantizationError("--precision int8 needs calibration images, got none")
 
@@ -200,3 +204,36 @@ def quantize_ssd_model(float_model: str | os.PathLike, images: Sequence[np.ndarr
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(source.metadata_props)
     return quantized.SerializeToString()
+
+
+# ---------------------------------------------------------------- parity with the float32 detector
+
+
+def best_box(detections, class_name: str = "clock") -> tuple[np.ndarray | None, float]:
+    """(the best `class_name` box, pixels xyxy, or None; its score, 0 when there is none) of a `Detections`."""
+    rows = [index for index, name in enumerate(detections.class_names) if name == class_name]
+    if not rows:
+        return None, 0.0
+    best = max(rows, key=lambda index: float(detections.scores[index]))
+    return np.asarray(detections.boxes_xyxy[best], np.float64), float(detections.scores[best])
+
+
+def box_iou(first: np.ndarray, second: np.ndarray) -> float:
+    """Intersection over union of two pixel xyxy boxes."""
+    width = max(0.0, min(first[2], second[2]) - max(first[0], second[0]))
+    height = max(0.0, min(first[3], second[3]) - max(first[1], second[1]))
+    intersection = width * height
+    union = (first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1]) \
+        - intersection
+    return float(intersection / union) if union > 0 else 0.0
+
+
+def same_crop_decision(reference, candidate, class_name: str = "clock", score_threshold: float = 0.5,
+                       min_iou: float = 0.9) -> bool:
+    """True when both `Detections` crop nothing, or both crop their best `class_name` box and those overlap by `min_iou`."""
+    (reference_box, reference_score), (candidate_box, candidate_score) = (
+        best_box(reference, class_name), best_box(candidate, class_name))
+    reference_crops, candidate_crops = reference_score >= score_threshold, candidate_score >= score_threshold
+    if reference_crops != candidate_crops:
+        return False
+    return not reference_crops or box_iou(reference_box, candidate_box) >= min_iou
