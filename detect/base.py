@@ -17,6 +17,9 @@ object-detection signature, or a `.pb` frozen graph with the TF OD API tensor na
 Runtimes (`load_detector(..., runtime=)`): `tensorflow` runs the TF models as they are;
 `onnx` runs the SSD frozen graph (`ssd-mobilenet-v2`, or any TF OD API SSD `.pb`) in ONNX
 Runtime after a one-off conversion (`detect.onnx_detectors`).
+
+Precisions (`load_detector(..., precision=)`): `float32` (default) runs the weights as they
+are; `int8` runs the SSD's split ONNX graph quantized once (`detect.int8`), ONNX Runtime only.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
+from detcrop.data.config import ConfigError
 from detcrop.data.errors import DetcropError, UsageError
 from detcrop.data.packages import find_distribution_file
 from detcrop.data.runtime import AUTO, RUNTIMES, resolve_runtime
@@ -51,6 +55,10 @@ FASTER_RCNN_DIR_ENV = "DETCROP_FASTER_RCNN_DIR"
 #: converts, else TensorFlow; `detcrop.data.runtime`), "onnx" or "tensorflow".
 #: chosen by measurement: benchmarks/RESULTS.md#runtime
 DEFAULT_RUNTIME = AUTO
+#: Detector precisions: "float32" (the weights as they are) or "int8" (the SSD quantized for ONNX
+#: Runtime; opt-in, near parity: benchmarks/RESULTS.md#int8-detector).
+PRECISIONS = ("float32", "int8")
+DEFAULT_PRECISION = "float32"
 
 
 class DetectorLoadError(DetcropError, ValueError):
@@ -154,20 +162,33 @@ def is_registered_detector(name: str | os.PathLike) -> bool:
     return isinstance(name, str) and name in DETECTORS
 
 
-def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: str = DEFAULT_RUNTIME) -> Detector:
+def check_precision(precision: str, runtime: str) -> None:
+    """`ConfigError` (one line) for a precision that is not one of `PRECISIONS` or that `runtime` cannot run."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "int8" and resolve_runtime(runtime) == "tensorflow":
+        raise ConfigError(f"precision int8 runs in ONNX Runtime only, but the runtime is {runtime!r}"
+                          + (" (onnxruntime or tf2onnx is not installed)" if runtime == AUTO else "")
+                          + "; use --runtime onnx or --precision float32")
+
+
+def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: str = DEFAULT_RUNTIME,
+                  precision: str = DEFAULT_PRECISION) -> Detector:
     """A detector by registered name (see the module doc), TF Hub handle, SavedModel directory, `.pb` or `.onnx` file.
 
     `runtime="onnx"` runs SSD frozen graphs in ONNX Runtime (converted once, cached);
     "auto" does so when ONNX Runtime is installed and runs other detectors in TensorFlow.
+    `precision="int8"` runs the SSD's split graph quantized (once, cached; ONNX Runtime only).
     Raises `DetectorNotFoundError` saying what was looked for and how to provide it.
     """
     if runtime not in RUNTIMES:
         raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    check_precision(precision, runtime)
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.suffix == ".onnx" and not path.is_file():
         raise DetectorNotFoundError(f"detector {text!r} not found: {path.resolve()} does not exist")
-    onnx_path = onnx_model_path(text, runtime)
+    onnx_path = onnx_model_path(text, runtime, precision)
     if onnx_path is not None:
         from detcrop.detect.onnx_detectors import OnnxDetector
 
@@ -193,13 +214,28 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
     )
 
 
-def onnx_model_path(name_or_path: str | os.PathLike, runtime: str) -> Path | None:
-    """The ONNX file `load_detector(name_or_path, runtime)` runs, or None when it runs no ONNX model.
+def onnx_model_path(name_or_path: str | os.PathLike, runtime: str, precision: str = DEFAULT_PRECISION) -> Path | None:
+    """The ONNX file `load_detector(name_or_path, runtime, precision)` runs, or None when it runs no ONNX model.
 
     An existing .onnx file as it is; with runtime "onnx" (or "auto" with ONNX Runtime installed),
     the offline SSD or a frozen-graph .pb converted once (`onnx_detectors.converted_ssd_path`,
     cached by content hash); under "auto", a .pb that does not convert stays in TensorFlow.
+    With precision "int8", that file quantized once (`int8.quantized_ssd_path`); a detector
+    with no ONNX file is refused (`ConfigError`).
     """
+    check_precision(precision, runtime)
+    path = _float_onnx_model_path(name_or_path, runtime)
+    if precision != "int8":
+        return path
+    if path is None:
+        raise ConfigError(f"detector {os.fspath(name_or_path)!r}: precision int8 runs the SSD frozen graph "
+                          f"(ssd-mobilenet-v2 or a TF OD API SSD .pb) in ONNX Runtime only; use --precision float32")
+    from detcrop.detect.int8 import quantized_ssd_path
+
+    return quantized_ssd_path(path)
+
+
+def _float_onnx_model_path(name_or_path: str | os.PathLike, runtime: str) -> Path | None:
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.suffix == ".onnx" and path.is_file():
@@ -220,12 +256,15 @@ def onnx_model_path(name_or_path: str | os.PathLike, runtime: str) -> Path | Non
     return None
 
 
-def load_configured_detector(name_or_path: str | os.PathLike, runtime: str = DEFAULT_RUNTIME) -> Detector:
-    """`load_detector(name_or_path, runtime)`, called with one argument for the default runtime.
+def load_configured_detector(name_or_path: str | os.PathLike, runtime: str = DEFAULT_RUNTIME,
+                             precision: str = DEFAULT_PRECISION) -> Detector:
+    """`load_detector(name_or_path, runtime, precision)`, called with one argument for the defaults.
 
     Drivers call this, so a one-argument stand-in for `load_detector` (a test's fake
-    detector) keeps working with the default runtime.
+    detector) keeps working with the default runtime and precision.
     """
+    if precision != DEFAULT_PRECISION:
+        return load_detector(name_or_path, runtime=runtime, precision=precision)
     if runtime == DEFAULT_RUNTIME:
         return load_detector(name_or_path)
     return load_detector(name_or_path, runtime=runtime)

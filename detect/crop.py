@@ -58,7 +58,9 @@ from detcrop.data.manifest import (
 )
 from detcrop.data.outputs import check_output_path
 from detcrop.data.streams import prefetched
-from detcrop.detect.base import DEFAULT_DETECTOR, DEFAULT_RUNTIME, RUNTIMES, Detector, check_image, detector_label_map
+from detcrop.detect.base import (
+    DEFAULT_DETECTOR, DEFAULT_PRECISION, DEFAULT_RUNTIME, PRECISIONS, RUNTIMES, Detector, check_image, detector_label_map,
+)
 from detcrop.detect.detections import Detections
 from detcrop.detect.geometry import SQUARE_MODES, CropTooSmallError, crop_region, cut_region
 from detcrop.detect.labels import coco_labels, resolve_class_ids
@@ -98,6 +100,8 @@ class CropConfig:
     prefetch: int = 8  # decoded photos held ready for the detector
     # chosen by measurement: benchmarks/RESULTS.md#runtime
     runtime: str = DEFAULT_RUNTIME  # detector runtime: "auto" (ONNX Runtime where installed and the detector converts, else TensorFlow), "onnx" or "tensorflow"
+    # opt-in; parity and speed: benchmarks/RESULTS.md#int8-detector
+    precision: str = DEFAULT_PRECISION  # detector weights: "float32" or "int8" (quantized SSD, faster, ONNX Runtime only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(str(target) for target in self.targets))
@@ -117,6 +121,10 @@ class CropConfig:
             (self.workers >= 1 and self.prefetch >= 1, "workers and prefetch must be >= 1",
              (self.workers, self.prefetch)),
             (self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}", self.runtime),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}", self.precision),
+            (not (self.precision == "int8" and self.runtime == "tensorflow"),
+             "precision int8 runs in ONNX Runtime only (use runtime onnx or precision float32)",
+             (self.precision, self.runtime)),
         )
         for passed, expected, received in checks:
             if not passed:
@@ -410,6 +418,7 @@ class CropSummary:
     not_images: int = 0  # files in the input without an image extension (not counted as photos)
     crops_per_label: dict[str, int] = field(default_factory=dict)
     manifest_records: int = 0  # records in the manifest when this run finished (resume trusts them all)
+    precision: str = DEFAULT_PRECISION  # detector precision of the run ("float32" or "int8")
     skipped: list[Skipped] = field(default_factory=list)  # files in the input not used, and why
 
     def to_dict(self) -> dict:
@@ -575,10 +584,11 @@ class CropJob:
     >>> summary = job.finish()  # doctest: +SKIP
     """
 
-    def __init__(self, dataset: Path, photos_seen: int, skipped: list[Skipped], depth: int = 8):
+    def __init__(self, dataset: Path, photos_seen: int, skipped: list[Skipped], depth: int = 8,
+                 precision: str = DEFAULT_PRECISION):
         self.dataset = Path(dataset)
         self.summary = CropSummary(dataset=str(dataset), photos_seen=photos_seen, not_images=len(skipped),
-                                   skipped=list(skipped))
+                                   skipped=list(skipped), precision=precision)
         self.seen: set[tuple] = set()
         #: Photos handed to `write` so far, by status: the live figures of a progress bar.
         self.written: dict[str, int] = {STATUS_CROPPED: 0, STATUS_EMPTY: 0, STATUS_FAILED: 0}
@@ -678,7 +688,7 @@ def crop_photos(
 
     A driver over `crop_photo`: it lists, reads and decodes the photos (on `config.workers`
     threads), calls the stage for each and writes its outcome. `detector` defaults to
-    `load_detector(config.detector, config.runtime)`; pass one to reuse a loaded model. Unreadable photos
+    `load_detector(config.detector, config.runtime, config.precision)`; pass one to reuse a loaded model. Unreadable photos
     get a "failed" record and the job goes on; photos where nothing passes get an "empty"
     record with the reason. Resumable; see the module doc.
     """
@@ -694,7 +704,7 @@ def crop_photos(
             return detector
         from detcrop.detect.base import load_configured_detector
 
-        return load_configured_detector(config.detector, config.runtime)
+        return load_configured_detector(config.detector, config.runtime, config.precision)
 
     with crop_dataset(dataset, config, input_dir, input_dir, photos, skipped, load) as (loaded_detector, done):
         return _crop_into(dataset, photos, skipped, config, loaded_detector, done, progress)
@@ -727,7 +737,7 @@ def _crop_into(dataset: Path, photos: list[Photo], skipped: list[Skipped], confi
                done: set[tuple], progress: bool) -> CropSummary:
     """The resumable loop of `crop_photos`, run while it holds the dataset's lock."""
     limits = config.image_limits
-    with CropJob(dataset, len(photos), skipped, config.prefetch) as job:
+    with CropJob(dataset, len(photos), skipped, config.prefetch, config.precision) as job:
         loaded_photos = prefetched(photos, lambda photo: _read_photo(photo, limits, done), config.workers,
                                     config.prefetch)
         bar = tqdm(loaded_photos, total=len(photos), desc="crop", unit="photo", disable=not progress)

@@ -71,7 +71,7 @@ def _detector_payload(config: CropConfig) -> bytes | None:
     """The ONNX model bytes for workers (shipped through the object store), or None to load by name there."""
     from detcrop.detect.base import onnx_model_path
 
-    path = onnx_model_path(config.detector, config.runtime)
+    path = onnx_model_path(config.detector, config.runtime, config.precision)
     return None if path is None else path.read_bytes()
 
 
@@ -94,7 +94,7 @@ class CropActor:
             single_thread_tensorflow()
             from detcrop.detect.base import load_configured_detector
 
-            self.detector = load_configured_detector(self.config.detector, self.config.runtime)
+            self.detector = load_configured_detector(self.config.detector, self.config.runtime, self.config.precision)
 
     def __call__(self, batch: dict) -> dict:
         outcomes = []
@@ -153,7 +153,7 @@ def _run(ray, dataset: Path, photos: list[InputPhoto], skipped: list, filesystem
     photos_ds = read_files(ray, [photo.read_path for photo in photos], settings.workers, filesystem)
     outcomes = map_with_actors(ray, photos_ds, CropActor, settings, batch_size, config_dict=config_to_dict(config),
                                sources=sources, done=done, onnx_model=onnx_model)
-    with CropJob(dataset, len(photos), skipped) as job:
+    with CropJob(dataset, len(photos), skipped, precision=config.precision) as job:
         bar = tqdm(total=len(photos), desc="crop (ray)", unit="photo", disable=not progress)
         for batch in outcomes.iter_batches(batch_size=None, batch_format="numpy"):
             for blob in batch["outcome"]:

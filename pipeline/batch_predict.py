@@ -68,6 +68,7 @@ def job_settings(scorer: Scorer, run_dir: str | os.PathLike, engine_independent:
         "unknown_threshold": scorer.unknown_threshold,
         "detect": scorer.detector is not None,
         "detector": crop.detector if scorer.detector is not None else None,
+        "precision": crop.precision if scorer.detector is not None else None,  # the detector's: float32 or int8
         "targets": list(crop.targets),
         "score_threshold": crop.score_threshold,
         "max_objects": crop.max_crops_per_photo,

@@ -136,7 +136,8 @@ class Scorer:
     def load(cls, run_dir: str | os.PathLike, detector: str | None = None, detect: bool = True,
              unknown_threshold: float | None = None, max_objects: int = 10, score_threshold: float | None = None,
              limits: ImageLimits = ImageLimits(), detector_runtime: str | None = None,
-             on_empty: str | None = None, classifier_runtime: str | None = None) -> "Scorer":
+             on_empty: str | None = None, classifier_runtime: str | None = None,
+             detector_precision: str | None = None) -> "Scorer":
         """Load the bundle in `run_dir` and (unless `detect=False`) the detector it was cropped with.
 
         `detector` overrides the detector named in the bundle's crop config, which loads only
@@ -148,7 +149,8 @@ class Scorer:
         made with (both give the same answers up to float rounding: a speed setting, not a result
         setting); ONNX models are converted once and cached. `on_empty` ("record" or "whole-photo") overrides what
         happens to a photo with no detection; None keeps the training crops' policy (the crop
-        config's ``on_empty``, "record" when the bundle has none).
+        config's ``on_empty``, "record" when the bundle has none). `detector_precision` ("float32",
+        "int8") overrides the crop config's ``precision``; None keeps the training crops' one.
         """
         from detcrop.classify.bundle import load_bundle
         from detcrop.detect.crop import CropConfig
@@ -174,6 +176,8 @@ class Scorer:
         if score_threshold is not None:
             runtime["score_threshold"] = score_threshold
         runtime["runtime"] = detector_runtime or AUTO
+        if detector_precision is not None:
+            runtime["precision"] = detector_precision
         crop_config = build_config(CropConfig, {**saved, **runtime})
         threshold = unknown_threshold
         if threshold is None:
@@ -187,7 +191,7 @@ class Scorer:
         if detect:
             from detcrop.detect.base import load_configured_detector
 
-            loaded_detector = load_configured_detector(crop_config.detector, crop_config.runtime)
+            loaded_detector = load_configured_detector(crop_config.detector, crop_config.runtime, crop_config.precision)
         return cls(bundle=bundle, detector=loaded_detector, crop_config=crop_config,
                    unknown_threshold=float(threshold), limits=limits)
 

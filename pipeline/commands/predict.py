@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the one the training crops were made with)")
     parser.add_argument("--runtime", choices=RUNTIMES, help="runtime of detector and classifier: onnx (converted once, "
                         "cached), tensorflow, or auto (onnx where installed and converting; default)")
+    parser.add_argument("--precision", choices=("float32", "int8"), help="detector precision; int8 needs ONNX Runtime "
+                        "(default: the training crops' precision)")
     parser.add_argument("--no-detect", action="store_true", help="classify whole images (data already cropped)")
     parser.add_argument("--unknown-threshold", type=float,
                         help="label an object 'unknown' under this top probability (default: chosen on the "
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     load_kwargs = {"detector": args.detector, "detect": not args.no_detect, "unknown_threshold": args.unknown_threshold,
                    "max_objects": args.max_objects, "score_threshold": args.score_threshold,
-                   "detector_runtime": args.runtime, "on_empty": args.on_empty, "classifier_runtime": args.runtime}
+                   "detector_runtime": args.runtime, "on_empty": args.on_empty, "classifier_runtime": args.runtime,
+                   "detector_precision": args.precision}
     scorer = Scorer.load(args.run, **load_kwargs)
     for name in (args.confidence_of, args.is_class):
         if name is not None and name not in scorer.class_names:
