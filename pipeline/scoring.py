@@ -156,10 +156,6 @@ class Scorer:
         from detcrop.detect.crop import CropConfig
 
         bundle = load_bundle(run_dir)
-        if resolve_runtime(classifier_runtime or AUTO) == "onnx":
-            from detcrop.classify.onnx_runtime import onnx_bundle
-
-            bundle = onnx_bundle(bundle, run_dir)
         saved = dict(bundle.metadata.crop_config or {})
         if detect and not saved:
             logger.warning("%s: bundle has no crop_config (not trained on detcrop crops); using crop defaults", run_dir)
@@ -187,6 +183,10 @@ class Scorer:
             logger.warning("%s: bundle has no unknown_threshold; using %.2f", run_dir, threshold)
         if not 0.0 <= float(threshold) <= 1.0:
             raise ConfigError(f"unknown threshold must be in [0, 1], got {threshold}")
+        if resolve_runtime(classifier_runtime or AUTO) == "onnx":  # after every check: nothing converts for a refusal
+            from detcrop.classify.onnx_runtime import onnx_bundle
+
+            bundle = onnx_bundle(bundle, run_dir)
         loaded_detector = None
         if detect:
             from detcrop.detect.base import load_configured_detector

@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     from detcrop.pipeline.prediction_outputs import format_table
     from detcrop.pipeline.scoring import Scorer
 
-    if args.max_objects < 1 or args.batch_size < 1:
-        raise UsageError(f"--max-objects and --batch-size must be >= 1, got {args.max_objects}, {args.batch_size}")
+    for flag, value in (("--max-objects", args.max_objects), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
     ray = ray_settings(args)
     if ray is not None and args.out is None:
         raise UsageError("--engine ray runs the batch job: give it --out PRED_DIR")
