@@ -116,17 +116,26 @@ def _embedding_class():
     return DINOv2Embedding
 
 
+def gelu(x):
+    """Exact GELU written with erf: TensorFlow's own lowers to Erfc, which tf2onnx cannot convert."""
+    return 0.5 * x * (1.0 + keras.ops.erf(x * 0.7071067811865476))
+
+
 def _block_class():
-    """keras-hub's `DINOV2Layer` (one transformer block), registered so a saved bundle loads in safe mode."""
+    """`DINOv2Block`: keras-hub's `DINOV2Layer` (one transformer block) with `gelu` in its MLP, so it exports to ONNX."""
     from keras_hub.src.models.dinov2.dinov2_layers import DINOV2Layer
 
-    if keras.saving.get_registered_object("keras_hub>DINOV2Layer") is None:
-        keras.saving.register_keras_serializable(package="keras_hub")(DINOV2Layer)
-    return DINOV2Layer
+    @keras.saving.register_keras_serializable(package="detcrop")
+    class DINOv2Block(DINOV2Layer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.mlp.fc1.activation = gelu  # rebuilt alike on load: the config keeps keras-hub's
+
+    return DINOv2Block
 
 
 DINOv2Embedding = _embedding_class()
-DINOV2Layer = _block_class()
+DINOv2Block = _block_class()
 
 
 def build_dinov2(input_size: int, weights: str | None = None, architecture: dict | None = None) -> keras.Model:
@@ -141,7 +150,7 @@ def build_dinov2(input_size: int, weights: str | None = None, architecture: dict
                         image_shape=(input_size, input_size),
                         position_embedding_shape=arch["position_embedding_shape"], name="embeddings")(inputs)
     for index in range(arch["num_layers"]):
-        x = DINOV2Layer(hidden_dim=arch["hidden_dim"], num_heads=arch["num_heads"],
+        x = DINOv2Block(hidden_dim=arch["hidden_dim"], num_heads=arch["num_heads"],
                         intermediate_dim=arch["intermediate_dim"], name=f"block{index}")(x)
     x = keras.layers.LayerNormalization(epsilon=1e-6, name="layernorm")(x)
     base = keras.Model(inputs, TokenPool(name="token_pool")(x), name="dinov2")

