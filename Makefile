@@ -15,7 +15,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,export,ui,ray]"
+	$(BIN)/python -m pip install -q -e ".[test,export,ui,ray,vit]"
 	touch $(STAMP)
 
 # The `detcrop ui` browser tests drive Debian's Chromium (never a browser Playwright downloads).

@@ -267,6 +267,9 @@ def load_bundle(run_dir: str | os.PathLike) -> Bundle:
     model_path = run_dir / MODEL_NAME
     if not model_path.is_file():
         raise MissingFileError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
+    from detcrop.classify.backbones import register_bundle_layers
+
+    register_bundle_layers(metadata.backbone)  # keras-hub layers are found by their registered names
     try:
         model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, TypeError, zipfile and h5py errors alike

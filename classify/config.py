@@ -26,8 +26,8 @@ RESULTS = "benchmarks/RESULTS.md"
 class TrainConfig:
     """Defaults of `detcrop train`; every field is a key of a --config JSON and a flag (`CLI_FLAGS` are in --help)."""
 
-    backbone: str = "efficientnet-lite0"  # pretrained base: efficientnet-lite0/1/2, densenet121, mobilenetv2, or scratch (random)
-    weights: str = ""  # "" = the backbone's own weights (pip package or download), else a local .h5 or .pth file
+    backbone: str = "efficientnet-lite0"  # pretrained base: efficientnet-lite0/1/2, dinov2-small, densenet121, mobilenetv2, or scratch
+    weights: str = ""  # "" = the backbone's own weights (pip package or download), "preset" (dinov2-small), or a local file
     input_size: int = 224  # side in pixels of the square the base sees, 32 or more; RESULTS.md#input-size
     fine_tune: str = "partial"  # after the head: none, partial (top blocks on cached activations) or full (top layers on images)
     epochs: int = 60  # most head epochs, 1 or more (early stopping usually ends sooner)

