@@ -75,22 +75,24 @@ def format_table(results: Sequence[PhotoResult], max_width: int = 40) -> str:
 
 
 class PhotoPlotter:
-    """Writes `plot_photo` PNGs into a folder, one per readable photo; clashing names get a number."""
+    """Writes `plot_photo` PNGs into a folder, one per readable photo of `paths`.
 
-    def __init__(self, plot_dir: str | os.PathLike, class_names: Sequence[str]):
+    Photos from different folders may share a name: those are numbered by their position in
+    `paths` (``x_0000.png``, ``x_0001.png``), counted once up front, so no plot is overwritten.
+    """
+
+    def __init__(self, plot_dir: str | os.PathLike, class_names: Sequence[str], paths: Sequence):
         self.plot_dir, self.class_names = Path(plot_dir), class_names
-        self.names: Counter = Counter()
+        stems = Counter(Path(str(path)).stem for path in paths)
+        self.names = {str(path): Path(str(path)).stem if stems[Path(str(path)).stem] == 1
+                      else f"{Path(str(path)).stem}_{index:04d}" for index, path in enumerate(paths)}
 
     def plot(self, result: PhotoResult) -> None:
         from detcrop.data.images import load_image_array
 
-        if result.error is not None:
-            return
-        stem = Path(result.path).stem
-        self.names[stem] += 1
-        # Photos from different folders may share a name; number the later ones so no plot is overwritten.
-        name = stem if self.names[stem] == 1 else f"{stem}_{self.names[stem]:04d}"
-        plot_photo(self.plot_dir / f"{name}.png", load_image_array(result.path), result, self.class_names)
+        if result.error is None:
+            name = self.names.get(result.path, Path(result.path).stem)
+            plot_photo(self.plot_dir / f"{name}.png", load_image_array(result.path), result, self.class_names)
 
 
 def score_photos(scorer: Scorer, paths: Sequence[Path], plot_dir: str | os.PathLike | None = None,
@@ -102,7 +104,7 @@ def score_photos(scorer: Scorer, paths: Sequence[Path], plot_dir: str | os.PathL
 
     results = []
     figures = {"classified": 0, "no_object": 0, "unreadable": 0}
-    plotter = PhotoPlotter(plot_dir, scorer.class_names) if plot_dir is not None else None
+    plotter = PhotoPlotter(plot_dir, scorer.class_names, paths) if plot_dir is not None else None
     bar = tqdm(total=len(paths), desc="predict", unit="photo", disable=not progress or len(paths) < 2)
     for result in scorer.score_many(paths, batch_size):
         results.append(result)

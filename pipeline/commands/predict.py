@@ -130,7 +130,8 @@ def _score(args: argparse.Namespace, scorer, load_kwargs: dict, photos: list, fi
     from detcrop.pipeline.batch_predict import job_settings, run_predict_job
 
     kept: list = []
-    plotter = PhotoPlotter(args.plot, scorer.class_names) if args.plot else None
+    plotter = PhotoPlotter(args.plot, scorer.class_names, [getattr(photo, 'path', photo) for photo in photos]) \
+        if args.plot else None
 
     def on_result(result) -> None:
         if keep or args.json_path or args.csv_path:
