@@ -129,7 +129,7 @@ def compute_features(examples: Examples, extractor: FeatureExtractor, config: Tr
     from detcrop.classify.features import extract_features
 
     variants = ("orig", "flip") if (config.flip_features or config.tta_flip) else ("orig",)
-    train_from = resolve_train_from(config) if resolve_fine_tune(config) == "partial" else ""
+    train_from = resolve_train_from(config)  # "" unless partial fine-tuning runs
     if train_from:
         from detcrop.classify.strategies.partial import ActivationCache, activation_model, default_activation_cache_dir
 
@@ -187,7 +187,7 @@ def fit_head(config: TrainConfig, examples: Examples, features: dict[str, np.nda
     compile_classifier(head, config.learning_rate, config.label_smoothing)
     epochs = min(config.epochs, config.partial_head_epochs) if resolve_fine_tune(config) == "partial" else config.epochs
     best = BestWeights()
-    watch, phase_callbacks_ = phase_callbacks(tag + "head", epochs, run_dir, history, callbacks, progress, before_log=[
+    watch, in_order = phase_callbacks(tag + "head", epochs, run_dir, history, callbacks, progress, before_log=[
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
         best.callback()])
@@ -197,7 +197,7 @@ def fit_head(config: TrainConfig, examples: Examples, features: dict[str, np.nda
              validation_data=(val_x, keras.utils.to_categorical(val_y, classes)),
              validation_batch_size=config.batch_size,
              class_weight=class_weights(train_y, classes) if config.class_weights else None,
-             callbacks=phase_callbacks_)
+             callbacks=in_order)
     watch.raise_if_cancelled(run_dir)
     head.set_weights(best.weights)
     return head
