@@ -32,15 +32,23 @@ def build_extractor(config: TrainConfig) -> FeatureExtractor:
     return FeatureExtractor(model, base, preprocessing, source, cache)
 
 
-def build_head(feature_channels: int, classes: int, dropout: float, seed: int, hidden_units: int = 0):
-    """The head on pooled features: dropout + [dense ReLU + dropout] + dense softmax (RESULTS.md#hidden-units).
+def build_head(feature_channels: int, classes: int, dropout: float, seed: int, hidden_units: int = 0,
+               standardize: np.ndarray | None = None):
+    """The head on pooled features: [standardize] + dropout + [dense ReLU + dropout] + dense softmax.
 
     Global average pooling happens before the feature cache, so the head starts from vectors.
+    `standardize`: training features ([N, feature_channels]) whose per-dimension mean and spread
+    the head first takes away (a `Rescaling`, which the ONNX export converts; a `Normalization`
+    layer's statistics would become graph inputs there). Hidden layer: RESULTS.md#hidden-units.
     """
     import keras
 
     inputs = keras.Input((feature_channels,), name="features")
-    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(inputs)
+    x = inputs
+    if standardize is not None:
+        mean, spread = standardize.mean(axis=0), np.maximum(standardize.std(axis=0), 1e-6)
+        x = keras.layers.Rescaling((1.0 / spread).tolist(), offset=(-mean / spread).tolist(), name="head_standardize")(x)
+    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     if hidden_units:
         x = keras.layers.Dense(hidden_units, activation="relu", name="head_hidden",
                                kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)

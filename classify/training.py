@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from detcrop.classify.backbones import get_backbone
 from detcrop.classify.config import (PRESETS, TrainConfig, make_train_config, member_configs,  # noqa: F401 (API)
                                      resolve_ensemble, resolve_fine_tune, resolve_train_from)
 from detcrop.classify.examples import Examples
@@ -183,7 +184,8 @@ def fit_head(config: TrainConfig, examples: Examples, features: dict[str, np.nda
         train_x = np.concatenate([train_x, features["flip"][examples.train]])
         train_y = np.concatenate([train_y, train_y])
     val_x, val_y = features["orig"][examples.val], examples.labels[examples.val]
-    head = build_head(train_x.shape[1], classes, config.dropout, config.seed, config.hidden_units)
+    head = build_head(train_x.shape[1], classes, config.dropout, config.seed, config.hidden_units,
+                      standardize=train_x if get_backbone(config.backbone).standardize_features else None)
     compile_classifier(head, config.learning_rate, config.label_smoothing)
     epochs = min(config.epochs, config.partial_head_epochs) if resolve_fine_tune(config) == "partial" else config.epochs
     best = BestWeights()

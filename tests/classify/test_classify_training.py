@@ -374,3 +374,16 @@ def test_a_file_that_changed_since_it_was_hashed_is_not_marked_unreadable(tmp_pa
     result = extract_features(paths, sha256s, model, cache, 32, progress=False)
     assert [path for path, _ in result.skipped] == [str(paths[broken])]
     assert not list(cache.folder.glob("*.unreadable.json")) and cache.unreadable("0" * 64) is None
+
+
+def test_a_standardizing_head_gives_its_training_features_zero_mean_and_unit_spread():
+    import keras
+
+    from detcrop.classify.model import build_head
+
+    features = np.random.default_rng(0).normal([0.0, 40.0, -3.0], [1.0, 25.0, 0.01], size=(200, 3)).astype(np.float32)
+    head = build_head(3, 2, 0.0, 0, standardize=features)
+    standardized = np.asarray(keras.Model(head.input, head.get_layer("head_standardize").output)(features))
+    np.testing.assert_allclose(standardized.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(standardized.std(0), 1.0, atol=1e-3)
+    assert "head_standardize" not in [layer.name for layer in build_head(3, 2, 0.0, 0).layers]

@@ -111,6 +111,9 @@ def test_frozen_vit_beside_scratch_trains_loads_safely_elsewhere_and_exports(tmp
     train(dataset, tmp_path / "run", config, progress=False)
     bundle = load_bundle(tmp_path / "run")
     assert bundle.metadata.backbone == "dinov2-small+scratch"
+    # The ViT member's head standardizes its features; the scratch member's does not.
+    layer_names = [layer.name for layer in bundle.model._flatten_layers()]
+    assert layer_names.count("head_standardize") == 1
     images = [load_image_array(path) for path in sorted(dataset.rglob("*.png"))[:4]]
     np.save(tmp_path / "images.npy", np.stack([image[:, :40] for image in images]))
     probabilities = bundle.predict([image[:, :40] for image in images], tta_flip=False)
