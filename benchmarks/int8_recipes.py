@@ -38,6 +38,8 @@ FIRST_CONV = "Conv__393"
 #: The box and class predictor convolutions feeding the head concatenations.
 PREDICTOR_CONVS = tuple(f"ssd/BoxPredictor_{index}/{head}/BiasAdd" for index in range(6)
                         for head in ("BoxEncodingPredictor", "ClassPredictor"))
+#: The box encoding convolutions alone.
+BOX_CONVS = tuple(f"ssd/BoxPredictor_{index}/BoxEncodingPredictor/BiasAdd" for index in range(6))
 
 
 def more_calibration_images() -> list[np.ndarray]:
@@ -74,8 +76,18 @@ def recipes(quantization) -> dict[str, dict]:
         "u8u8-wsym": {**u8u8, "extra": {"WeightSymmetric": True}},
         "shipped-edges": edges,
         "u8u8-edges": {**u8u8, **edges},
-        "shipped-percentile": {"calibrate_method": method.Percentile, "extra": {"CalibPercentile": 99.999}},
-        "shipped-entropy": {"calibrate_method": method.Entropy},
+        # Histogram calibrators stack every tensor over the images, so these get photos of one size
+        # (the graph's own 300 x 300).
+        "shipped-percentile": {"calibrate_method": method.Percentile, "extra": {"CalibPercentile": 99.999},
+                               "calibration_size": 300},
+        "shipped-entropy": {"calibrate_method": method.Entropy, "calibration_size": 300},
+        "shipped-300px": {"calibration_size": 300},  # the same resize under MinMax, to tell the two apart
+        "u8u8-percentile": {**u8u8, "calibrate_method": method.Percentile, "extra": {"CalibPercentile": 99.999},
+                            "calibration_size": 300},
+        # The box encodings in float32 (the IoU failures), from their convolutions to the concatenation.
+        "u8u8-percentile-box-float": {**u8u8, "calibrate_method": method.Percentile,
+                                      "extra": {"CalibPercentile": 99.999}, "calibration_size": 300,
+                                      "exclude_to_head": BOX_CONVS},
         "shipped-rangesym": {"extra": {"CalibTensorRangeSymmetric": True}},
         "shipped-more-calib": {"calibration": "more"},
         "shipped-per-tensor": {"per_channel": False},
@@ -89,6 +101,20 @@ def quantize(float_model: Path, prepared: Path, target: Path, overrides: dict, i
     onnx, quantization, _ = _import_quantization()
     model = onnx.load(prepared)
     region = [name for name in quantized_region(model.graph) if name not in overrides.get("exclude", ())]
+    excluded = set(overrides.get("exclude_to_head", ()))
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for tensor in node.input:
+            consumers.setdefault(tensor, []).append(node.name)
+    outputs = {node.name: node.output for node in model.graph.node}
+    stack = list(excluded)
+    while stack:  # the excluded nodes' consumers inside the region, down to the head concatenations
+        for tensor in outputs[stack.pop()]:
+            for name in consumers.get(tensor, []):
+                if name in region and name not in excluded:
+                    excluded.add(name)
+                    stack.append(name)
+    region = [name for name in region if name not in excluded]
     input_name = model.graph.input[0].name
 
     class Reader(quantization.CalibrationDataReader):
@@ -101,7 +127,10 @@ def quantize(float_model: Path, prepared: Path, target: Path, overrides: dict, i
     settings = dict(quant_format=quantization.QuantFormat.QDQ, per_channel=True,
                     activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
                     calibrate_method=quantization.CalibrationMethod.MinMax, reduce_range=True)
-    settings.update({key: value for key, value in overrides.items() if key not in ("exclude", "extra", "calibration")})
+    settings.update({key: value for key, value in overrides.items()
+                     if key not in ("exclude", "exclude_to_head", "extra", "calibration", "calibration_size")})
+    if "calibration_size" in overrides:
+        images = [_resize(image, (overrides["calibration_size"],) * 2) for image in images]
     extra = {"CalibTensorRangeSymmetric": False, **overrides.get("extra", {})}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="int8-recipe-") as scratch:
@@ -130,6 +159,39 @@ def fused_ops(model_path: Path) -> dict[str, int]:
     return {op: count for op, count in sorted(counts.items()) if "Conv" in op or "Quantize" in op}
 
 
+#: Not a quantization: float32 itself on the photos with +-1 grey level of noise per pixel (seeded),
+#: the parity a change far smaller than INT8's can keep on these photos.
+NOISE_FLOOR = "float32-noise"
+
+
+def with_pixel_noise(images: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
+    """`images` with an integer in {-1, 0, 1} added to every pixel value (clipped to uint8)."""
+    generator = np.random.default_rng(seed)
+    return [np.clip(image.astype(np.int16) + generator.integers(-1, 2, image.shape), 0, 255).astype(np.uint8)
+            for image in images]
+
+
+def disagreements(reference: list, candidate: list, groups: list[str]) -> dict[str, str]:
+    """{group: 'same/photos (threshold t, box b)'}: t photos cropped by one detector only, b at IoU < 0.9."""
+    from detcrop.detect.int8 import best_box, box_iou, same_crop_decision
+
+    figures = {}
+    for group in dict.fromkeys(groups):
+        if group == "background":
+            continue
+        rows = [index for index, name in enumerate(groups) if name == group]
+        same = sum(same_crop_decision(reference[index], candidate[index]) for index in rows)
+        threshold = box = 0
+        for index in rows:
+            (first, first_score), (second, second_score) = best_box(reference[index]), best_box(candidate[index])
+            if (first_score >= 0.5) != (second_score >= 0.5):
+                threshold += 1
+            elif first_score >= 0.5 and box_iou(first, second) < 0.9:
+                box += 1
+        figures[group] = f"{same}/{len(rows)} (threshold {threshold}, box {box})"
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default="all", help="comma-separated recipe names, or all")
@@ -139,13 +201,15 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "detcrop-int8-recipes",
                         help="folder of the quantized models (reused when present)")
     parser.add_argument("--log", type=Path, help="JSON lines file the figures are appended to")
+    parser.add_argument("--together", action="store_true",
+                        help="time float32 and all the recipes interleaved in one measure at the end, not pairwise")
     args = parser.parse_args()
     _, quantization, quant_pre_process = _import_quantization()
     table = recipes(quantization)
     names = list(table) if args.recipes == "all" else args.recipes.split(",")
-    unknown = [name for name in names if name not in table]
+    unknown = [name for name in names if name not in table and name != NOISE_FLOOR]
     if unknown:
-        print(f"unknown recipes {unknown}; known: {', '.join(table)}", file=sys.stderr)
+        print(f"unknown recipes {unknown}; known: {', '.join(table)}, {NOISE_FLOOR}", file=sys.stderr)
         return 2
     if not SHARED.is_dir():
         print(f"{SHARED} not found: the benchmark needs the shared photos", file=sys.stderr)
@@ -169,7 +233,14 @@ def main() -> int:
     float_detector = OnnxDetector(float_path, "ssd-mobilenet-v2")
     reference = [float_detector.detect(image) for image in images]
     calibrations = {"default": calibration_images, "more": more_calibration_images}
+    detectors = {"float32": float_detector}
     for name in names:
+        if name == NOISE_FLOOR:
+            candidate = [float_detector.detect(image) for image in with_pixel_noise(images)]
+            print(f"\n{name}: float32 on the photos with +-1 grey level of noise")
+            print_parity(name, parity(reference, candidate, groups))
+            print(f"  per group: {disagreements(reference, candidate, groups)}")
+            continue
         overrides = table[name]
         calibration = calibrations[overrides.get("calibration", "default")]()
         target = args.models / f"{name}.onnx"
@@ -177,11 +248,16 @@ def main() -> int:
         if not target.exists():
             seconds = quantize(float_path, prepared, target, overrides, calibration)
         detector = OnnxDetector(target, "ssd-mobilenet-v2")
-        figures = parity(reference, [detector.detect(image) for image in images], groups)
+        candidate = [detector.detect(image) for image in images]
+        figures = parity(reference, candidate, groups)
         built = f"quantized in {seconds:.0f} s" if seconds is not None else "model reused"
         print(f"\n{name}: {overrides or 'the shipped recipe'}; {len(calibration)} calibration images; {built}")
         print(f"  ONNX Runtime runs: {fused_ops(target)}")
         print_parity(name, figures)
+        print(f"  per group: {disagreements(reference, candidate, groups)}")
+        detectors[name] = detector
+        if args.together:
+            continue
         load_before = load_average()
         raw = raw_speed({"float32": float_detector, name: detector}, images[:args.speed_photos], args.rounds)
         ratio = raw[name][0] / raw["float32"][0]
@@ -200,6 +276,13 @@ def main() -> int:
                     "iou_under_0.9": int((ious < 0.9).sum()), "max_score_change": figures["max_score_change"],
                     "float32_photos_per_s": raw["float32"][0], "int8_photos_per_s": raw[name][0],
                     "ratio": ratio, "load": f"{load_before} -> {load_average()}"}) + "\n")
+    if args.together and len(detectors) > 1:
+        print(f"\nraw forward, all interleaved ({min(args.speed_photos, len(images))} photos x {args.rounds}); "
+              f"load {load_average()}")
+        raw = raw_speed(detectors, images[:args.speed_photos], args.rounds)
+        for name, (photos_per_second, cpu_ms) in raw.items():
+            print(f"  {name:28s} {photos_per_second:6.1f} photos/s {cpu_ms:6.1f} CPU ms/photo  "
+                  f"{photos_per_second / raw['float32'][0]:.2f}x")
     print(f"\nload average at end {load_average()}")
     return 0
 
