@@ -1,6 +1,7 @@
 """INT8 SSD quantization recipes against float32: parity on real photos and raw speed, one recipe at a time.
 
-    .venv/bin/python benchmarks/int8_recipes.py [--recipes shipped,u8u8,...] [--rounds 2] [--speed-photos 100]
+    .venv/bin/python benchmarks/int8_recipes.py [--recipes shipped,u8u8,...|all] [--rounds 2] [--speed-photos 100]
+        [--together] [--log figures.jsonl]
 
 Each recipe is the product's (`detect.int8.quantize_ssd_model`: QDQ, per-channel, MinMax,
 uint8 activations, int8 7-bit weights, the MobileNet and box/class heads, scikit-image
@@ -9,6 +10,8 @@ parity of the crop decision against float32 on the photos of `bench_int8.py` (27
 ../shared/data; the same figures), the raw SSD forward with float32 interleaved photo by photo
 (a ratio measured in the same minutes, as the load moves), and what ONNX Runtime made of the
 quantized convolutions (fused into QLinearConv, or left as float Conv on dequantized tensors).
+`--recipes float32-noise` adds float32 itself on the photos with +-1 grey level of noise (the
+parity a tiny change keeps); `--together` times all recipes interleaved in one measure.
 Results: benchmarks/RESULTS.md#int8-recipes.
 """
 
