@@ -68,6 +68,16 @@ def raw_speed(detectors: dict, images: list[np.ndarray], rounds: int) -> dict[st
     return {name: (count / wall[name], 1000 * cpu[name] / count) for name in detectors}
 
 
+def link_photos(sources: tuple[Path, ...], folder: Path) -> None:
+    """Symlink every file under `sources` into `folder/<source name>/...` (the shared photos are never copied)."""
+    for source in sources:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                link = folder / source.name / path.relative_to(source)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(path.resolve())
+
+
 def job_speed(detectors: dict, folder: Path, rounds: int) -> dict[str, float]:
     """{name: photos/s of `crop_photos` on `folder`} (detector loaded once; runs alternate)."""
     photos = sum(1 for path in folder.rglob("*") if path.is_file())
@@ -173,8 +183,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-int8-photos-") as scratch:
         folder = Path(scratch, "photos")
-        for source in (SHARED / "clock-scenes", SHARED / "caltech-watch" / "watch"):
-            shutil.copytree(source, folder / source.name)
+        link_photos((SHARED / "clock-scenes", SHARED / "caltech-watch" / "watch"), folder)
         count = sum(1 for path in folder.rglob("*") if path.is_file())
         print(f"\ncrop job (local engine, {count} photos: clock-scenes + caltech watch, x {args.rounds}, "
               f"alternating); load {load_average()}")

@@ -5,7 +5,8 @@ channel, uint8 activations, MinMax calibration); resizing, normalisation, anchor
 the numpy NMS stay in float32. The region is found in the graph itself: every node downstream
 of the normalised image (`ssd/Preprocessor/sub`) and upstream of the two head concatenations
 (`ssd/concat`, `ssd/concat_1`). Quantizing the convolutions alone, or dynamic quantization,
-lost parity or speed: benchmarks/RESULTS.md#int8-detector.
+lost parity or speed: benchmarks/RESULTS.md#int8-detector; so did uint8 weights, other
+calibration methods and float32 first and last layers: benchmarks/RESULTS.md#int8-recipes.
 
 Calibration runs on images that ship with scikit-image (`skimage.data`'s photos and simple
 flips, crops and colour casts of them), never on the user's photos, so one cached model
@@ -192,7 +193,8 @@ def quantize_ssd_model(float_model: str | os.PathLike, images: Sequence[np.ndarr
                 activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
                 calibrate_method=quantization.CalibrationMethod.MinMax, nodes_to_quantize=region,
                 # 7-bit weights: x86 CPUs without VNNI add uint8 x int8 products in saturating int16
-                # (onnxruntime's quantization docs); full-range weights lost parity there.
+                # (onnxruntime's quantization docs); full-range weights lost parity there, and
+                # full-range uint8 weights (no saturation) most of the speed: RESULTS.md#int8-recipes.
                 reduce_range=True,
                 extra_options={"CalibTensorRangeSymmetric": False})
             quantized = onnx.load(output)
