@@ -9,7 +9,8 @@ with --job, the batch job's throughput beside the raw forward and today's one-ph
 the classifier on the pre-cut crops in the job's batches), the one-photo-at-a-time loop
 (`Scorer.score` per path: read, decode, detect, crop, classify; what predict did before the batch
 job) and the batch job (`detcrop predict --out`: read-ahead threads, batched classifier, records
-on disk), with the ratios job / raw and job / loop. --memory runs the job in a fresh process on
+on disk), with the ratios job / raw and job / loop; --int8 adds the job with the INT8 detector
+(`--precision int8`, quantized before the timing) and its ratio to the loop. --memory runs the job in a fresh process on
 N photos (the photo list repeated under new names through hard links in a temporary folder) and
 reports its peak resident memory.
 
@@ -42,6 +43,7 @@ def main() -> int:
     parser.add_argument("--runtime", choices=("tensorflow", "onnx"), default="tensorflow",
                         help="runtime of the detector and the classifier (as `predict --runtime`)")
     parser.add_argument("--job", action="store_true", help="throughput of the batch job (see the module doc)")
+    parser.add_argument("--int8", action="store_true", help="with --job: also the job with the INT8 detector")
     parser.add_argument("--memory", default="", help="with --job: photo counts for the peak-memory runs, e.g. 500,5000")
     args = parser.parse_args()
     if args.job:
@@ -150,6 +152,12 @@ def job_throughput(args) -> int:
         tick = time.perf_counter()
         detcrop(["predict", args.run, *map(str, paths), "--out", f"{scratch}/out", "--runtime", args.runtime, "-q"])
         job = time.perf_counter() - tick
+        if args.int8:  # the INT8 detector (quantized once before the timing)
+            Scorer.load(args.run, detector_precision="int8")
+            tick = time.perf_counter()
+            detcrop(["predict", args.run, *map(str, paths), "--out", f"{scratch}/out8", "--runtime", args.runtime,
+                     "--precision", "int8", "-q"])
+            job_int8 = time.perf_counter() - tick
     load_average = os.getloadavg()
     count = len(paths)
     print(f"photos: {count} from {args.photos}; objects: {sum(map(len, crops))}; run: {args.run}; runtime: "
@@ -160,6 +168,9 @@ def job_throughput(args) -> int:
     print(f"{'job: detcrop predict --out (incl. parquet, summary)':<58}{count / job:>10.1f}")
     print(f"{'ratio job / raw (goal >= 0.9)':<58}{raw / job:>10.2f}")
     print(f"{'ratio job / loop (goal >= 1.5)':<58}{loop / job:>10.2f}")
+    if args.int8:
+        print(f"{'job with --precision int8':<58}{count / job_int8:>10.1f}")
+        print(f"{'ratio job int8 / loop':<58}{loop / job_int8:>10.2f}")
     for total in filter(None, (int(part) for part in args.memory.split(",") if part.strip())):
         print(f"{'peak resident memory, job on ' + str(total) + ' photos (MiB)':<58}"
               f"{_job_peak_memory(args, paths, total):>10.0f}")
