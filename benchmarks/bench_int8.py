@@ -126,6 +126,19 @@ def print_parity(name: str, figures: dict) -> None:
               f"median {np.median(ious):.3f}, < 0.9: {int((ious < 0.9).sum())}")
 
 
+def parity_photos(brands_per: int) -> tuple[list[str], list[np.ndarray]]:
+    """The parity photos: clock-scenes, caltech watch and background, the first `brands_per` of each brand."""
+    groups, images = [], []
+    for group, folders in (("clock-scenes", [SHARED / "clock-scenes"]), ("watch", [SHARED / "caltech-watch/watch"]),
+                           ("background", [SHARED / "caltech-watch/background"]),
+                           ("brands", [path for brand in sorted((SHARED / "watches-brands").iterdir())
+                                       for path in sorted(brand.glob("*"))[:brands_per]])):
+        _, arrays = load_photos(folders)
+        groups += [group] * len(arrays)
+        images += arrays
+    return groups, images
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--brands-per", type=int, default=5, help="photos per watches-brands brand (first, sorted)")
@@ -137,16 +150,7 @@ def main() -> int:
         print(f"{SHARED} not found: the benchmark needs the shared photos", file=sys.stderr)
         return 2
     print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores; load average at start {load_average()}")
-    groups, images = [], []
-    for group, folders in (("clock-scenes", [SHARED / "clock-scenes"]), ("watch", [SHARED / "caltech-watch/watch"]),
-                           ("background", [SHARED / "caltech-watch/background"]),
-                           ("brands", [sorted(brand.glob("*"))[:args.brands_per]
-                                       for brand in sorted((SHARED / "watches-brands").iterdir())])):
-        if group == "brands":
-            folders = [path for paths in folders for path in paths]
-        _, arrays = load_photos(folders)
-        groups += [group] * len(arrays)
-        images += arrays
+    groups, images = parity_photos(args.brands_per)
     counts = {group: groups.count(group) for group in dict.fromkeys(groups)}
     print(f"photos: {len(images)} ({', '.join(f'{group} {count}' for group, count in counts.items())})")
 

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_int8 import SHARED, cpu_flags, load_average, parity, print_parity, raw_speed  # noqa: E402
-from photos import load_photos  # noqa: E402
+from bench_int8 import SHARED, cpu_flags, load_average, parity, parity_photos, print_parity, raw_speed  # noqa: E402
 
 from detcrop.detect.base import onnx_model_path  # noqa: E402
 from detcrop.detect.int8 import _import_quantization, calibration_images, quantized_region  # noqa: E402
@@ -218,14 +217,7 @@ def main() -> int:
         print(f"{SHARED} not found: the benchmark needs the shared photos", file=sys.stderr)
         return 2
     print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores; load average at start {load_average()}")
-    groups, images = [], []
-    for group, folders in (("clock-scenes", [SHARED / "clock-scenes"]), ("watch", [SHARED / "caltech-watch/watch"]),
-                           ("background", [SHARED / "caltech-watch/background"]),
-                           ("brands", [path for brand in sorted((SHARED / "watches-brands").iterdir())
-                                       for path in sorted(brand.glob("*"))[:args.brands_per]])):
-        _, arrays = load_photos(folders)
-        groups += [group] * len(arrays)
-        images += arrays
+    groups, images = parity_photos(args.brands_per)
     print(f"photos: {len(images)}")
 
     float_path = onnx_model_path("ssd-mobilenet-v2", "onnx")
