@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import PurePosixPath
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Iterator
 
 from detcrop.data.errors import DetcropError, UsageError
