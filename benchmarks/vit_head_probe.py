@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/vit_head_probe.py --split RUN/split.json --cache CACHE/dinov2-small-224px-<digest>
 
 RUN is a `detcrop train --backbone dinov2-small` run (its split.json names the train and val
-crops); CACHE its feature cache folder (every crop and its mirror cached). Each head trains as
+crops); CACHE its feature cache folder (every crop and its mirror cached). Each head is the
+product's (`build_head`, 512 hidden units, `compile_classifier`, `class_weights`) and trains as
 `fit_head` does (Adam 1e-3, label smoothing 0.1, class weights, batch 32, at most 60 epochs,
 early stopping on val loss with patience 8, the rate halved after 4, train features and their
 mirrors) and is scored on val, flip-averaged. Variants: the input as it is, standardized with
@@ -33,6 +34,8 @@ def main() -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
+    from detcrop.classify.fitting import class_weights, compile_classifier
+    from detcrop.classify.model import build_head
     from detcrop.data.images import file_sha256
 
     split, cache = json.loads(Path(args.split).read_text()), Path(args.cache)
@@ -49,8 +52,7 @@ def main() -> int:
     train_x = np.concatenate([features(split["train"], "orig"), features(split["train"], "flip")])
     train_y = np.concatenate([train_y, train_y])
     val_x, val_flip = features(split["val"], "orig"), features(split["val"], "flip")
-    counts = np.bincount(train_y, minlength=len(names))
-    weights = {index: len(train_y) / (len(names) * count) for index, count in enumerate(counts)}
+    weights = class_weights(train_y, len(names))
 
     def macro_f1(probabilities: np.ndarray) -> float:
         return f1_score(val_y, probabilities.argmax(1), average="macro")
@@ -61,17 +63,11 @@ def main() -> int:
     for norm, dropout in (("none", 0.5), ("standardize", 0.5), ("layernorm", 0.5), ("none", 0.1),
                           ("standardize", 0.2)):
         keras.utils.set_random_seed(0)
-        inputs = keras.Input((train_x.shape[1],))
-        x = inputs
-        if norm == "standardize":
-            mean, spread = train_x.mean(0), np.maximum(train_x.std(0), 1e-6)
-            x = keras.layers.Rescaling((1 / spread).tolist(), offset=(-mean / spread).tolist())(x)
-        elif norm == "layernorm":
-            x = keras.layers.LayerNormalization()(x)
-        x = keras.layers.Dropout(dropout)(keras.layers.Dense(512, activation="relu")(keras.layers.Dropout(dropout)(x)))
-        head = keras.Model(inputs, keras.layers.Dense(len(names), activation="softmax")(x))
-        head.compile(keras.optimizers.Adam(1e-3), keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
-                     metrics=["accuracy"])
+        head = build_head(train_x.shape[1], len(names), dropout, seed=0, hidden_units=512,
+                          standardize=train_x if norm == "standardize" else None)
+        if norm == "layernorm":
+            head = keras.Sequential([keras.Input((train_x.shape[1],)), keras.layers.LayerNormalization(), head])
+        compile_classifier(head, 1e-3, label_smoothing=0.1)
         history = head.fit(
             train_x, keras.utils.to_categorical(train_y, len(names)), batch_size=32, epochs=60, verbose=0,
             class_weight=weights, validation_data=(val_x, keras.utils.to_categorical(val_y, len(names))),
