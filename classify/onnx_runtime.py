@@ -3,13 +3,12 @@
 The classifier after its resize layer is converted once by tf2onnx (`export.onnx_classifier_bytes`)
 and cached under `~/.cache/detcrop/onnx/`, named by the content hash of the run's model.keras
 and used only when its sidecar vouches for it (`data.cache.cached_file`).
-`onnx_bundle` returns the same `Bundle` with its model replaced by an `OnnxClassifier`, which
+`load_onnx_bundle` returns the run's `Bundle` with an `OnnxClassifier` for its model, which
 `bundle.predict_images` calls exactly like the Keras model (on already resized batches).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from detcrop.data.cache import cache_dir, cached_file
 from detcrop.data.images import file_sha256
-from detcrop.data.layout import MODEL_NAME
+from detcrop.data.layout import BUNDLE_NAME, MODEL_NAME
 from detcrop.data.progress import status_line
 
 logger = logging.getLogger(__name__)
@@ -37,27 +36,42 @@ class OnnxClassifier:
         self._session = onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                                      providers=["CPUExecutionProvider"])
         self._input_name = self._session.get_inputs()[0].name
+        outputs = self._session.get_outputs()[0].shape[-1]
+        if isinstance(outputs, int) and outputs != int(classes):
+            raise ValueError(f"the ONNX model has {outputs} outputs, expected {classes} classes")
         self.output_shape = (None, int(classes))
 
     def __call__(self, batch, training: bool = False) -> np.ndarray:
         return self._session.run(None, {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
-def onnx_bundle(bundle, run_dir: str | os.PathLike, cache_root: str | os.PathLike | None = None):
-    """`bundle` with its classifier run by ONNX Runtime (converted once, cached by model.keras's hash)."""
-    from detcrop.classify.export import ONNX_OPSET, onnx_classifier_bytes
+def load_onnx_bundle(run_dir: str | os.PathLike, cache_root: str | os.PathLike | None = None):
+    """The bundle in `run_dir` with its classifier run by ONNX Runtime (converted once, cached by model.keras's hash).
 
-    digest = file_sha256(Path(run_dir) / MODEL_NAME)
+    The Keras model is loaded (``safe_mode``, as `load_bundle` does) only to convert it: a run
+    whose conversion is cached starts without it.
+    """
+    from detcrop.classify.bundle import Bundle, load_bundle, read_bundle_metadata
+    from detcrop.classify.export import ONNX_OPSET, onnx_classifier_bytes
+    from detcrop.data.errors import MissingFileError
+
+    metadata = read_bundle_metadata(run_dir)
+    model_path = Path(run_dir) / MODEL_NAME
+    if not model_path.is_file():
+        raise MissingFileError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
+    digest = file_sha256(model_path)
     folder = Path(cache_root) if cache_root is not None else cache_dir("onnx")
     target = folder / f"classifier-opset{ONNX_OPSET}-{digest[:16]}.onnx"
 
     def convert() -> bytes:
+        bundle = load_bundle(run_dir)
         logger.info("converting %s to ONNX (once; cached as %s)", run_dir, target)
         with status_line("converting the classifier to ONNX (once)"):
             return onnx_classifier_bytes(bundle)
 
-    classifier = cached_file(target, digest, convert, lambda path: OnnxClassifier(path, len(bundle.class_names)))
-    return dataclasses.replace(bundle, model=classifier)
+    classifier = cached_file(target, digest, convert, lambda path: OnnxClassifier(path, len(metadata.class_names)))
+    return Bundle(model=classifier, metadata=metadata, class_names=metadata.class_names,
+                  input_size=metadata.input_size)
 
 
 class OnnxFeatureModel:

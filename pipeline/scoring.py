@@ -152,11 +152,11 @@ class Scorer:
         config's ``on_empty``, "record" when the bundle has none). `detector_precision` ("float32",
         "int8") overrides the crop config's ``precision``; None keeps the training crops' one.
         """
-        from detcrop.classify.bundle import load_bundle
+        from detcrop.classify.bundle import load_bundle, read_bundle_metadata
         from detcrop.detect.crop import CropConfig
 
-        bundle = load_bundle(run_dir)
-        saved = dict(bundle.metadata.crop_config or {})
+        metadata = read_bundle_metadata(run_dir)  # the model loads after every check: nothing loads for a refusal
+        saved = dict(metadata.crop_config or {})
         if detect and not saved:
             logger.warning("%s: bundle has no crop_config (not trained on detcrop crops); using crop defaults", run_dir)
         runtime = {"max_crops_per_photo": max_objects}
@@ -177,16 +177,18 @@ class Scorer:
         crop_config = build_config(CropConfig, {**saved, **runtime})
         threshold = unknown_threshold
         if threshold is None:
-            threshold = bundle.metadata.unknown_threshold
+            threshold = metadata.unknown_threshold
         if threshold is None:
             threshold = FALLBACK_UNKNOWN_THRESHOLD
             logger.warning("%s: bundle has no unknown_threshold; using %.2f", run_dir, threshold)
         if not 0.0 <= float(threshold) <= 1.0:
             raise ConfigError(f"unknown threshold must be in [0, 1], got {threshold}")
-        if resolve_runtime(classifier_runtime or AUTO) == "onnx":  # after every check: nothing converts for a refusal
-            from detcrop.classify.onnx_runtime import onnx_bundle
+        if resolve_runtime(classifier_runtime or AUTO) == "onnx":
+            from detcrop.classify.onnx_runtime import load_onnx_bundle
 
-            bundle = onnx_bundle(bundle, run_dir)
+            bundle = load_onnx_bundle(run_dir)  # a cached conversion runs without loading the Keras model
+        else:
+            bundle = load_bundle(run_dir)
         loaded_detector = None
         if detect:
             from detcrop.detect.base import load_configured_detector

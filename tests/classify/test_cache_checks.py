@@ -96,20 +96,20 @@ def test_a_bad_classifier_onnx_entry_is_rebuilt_never_used(two_runs, tmp_path, c
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
     from detcrop.classify.bundle import load_bundle
-    from detcrop.classify.onnx_runtime import onnx_bundle
+    from detcrop.classify.onnx_runtime import load_onnx_bundle
     from detcrop.data.images import load_image_array
 
     dataset, run, other_run = two_runs
     cache = tmp_path / "onnx"
     images = [load_image_array(path) for path in sorted((dataset / "red").iterdir())]
     bundle = load_bundle(run)
-    expected = onnx_bundle(bundle, run, cache_root=cache).predict(images)
-    onnx_bundle(load_bundle(other_run), other_run, cache_root=cache)
+    expected = load_onnx_bundle(run, cache_root=cache).predict(images)
+    load_onnx_bundle(other_run, cache_root=cache)
     entry, = [path for path in cache.glob("classifier-*.onnx") if file_sha256(run / "model.keras")[:16] in path.name]
     other, = [path for path in cache.glob("classifier-*.onnx") if path != entry]
     damage(entry, other)
     with caplog.at_level(logging.WARNING):
-        again = onnx_bundle(bundle, run, cache_root=cache).predict(images)
+        again = load_onnx_bundle(run, cache_root=cache).predict(images)
     warnings = detcrop_warnings(caplog)
     assert len(warnings) == 1 and str(entry) in warnings[0]
     np.testing.assert_allclose(again, expected, atol=1e-6)
@@ -141,3 +141,25 @@ def test_train_refuses_a_class_with_fewer_than_5_readable_images(tmp_path, capsy
         assert not (tmp_path / "run" / "model.keras").exists()
     else:
         assert code == 0
+
+
+def test_a_cached_classifier_conversion_runs_without_loading_the_keras_model(two_runs, tmp_path, monkeypatch):
+    """`predict --runtime onnx` loads model.keras only to convert it; a cached conversion skips that load."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    import detcrop.classify.bundle as bundle_module
+    from detcrop.classify.onnx_runtime import load_onnx_bundle
+    from detcrop.data.images import load_image_array
+
+    dataset, run, _ = two_runs
+    cache = tmp_path / "onnx"
+    images = [load_image_array(path) for path in sorted((dataset / "red").iterdir())]
+    loads = []
+    original = bundle_module.load_bundle
+    monkeypatch.setattr(bundle_module, "load_bundle", lambda run_dir: loads.append(run_dir) or original(run_dir))
+    first = load_onnx_bundle(run, cache_root=cache)
+    assert loads == [run]  # converted: loaded once
+    again = load_onnx_bundle(run, cache_root=cache)
+    assert loads == [run]  # cached: not loaded again
+    assert again.class_names == first.class_names and again.input_size == first.input_size
+    np.testing.assert_allclose(again.predict(images), first.predict(images), atol=1e-6)

@@ -74,12 +74,12 @@ def test_an_ensemble_bundle_runs_in_onnx_runtime_too(tmp_path):
     """`predict` runs bundles in ONNX Runtime when it is installed: the averaged graph must convert."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
-    from detcrop.classify.onnx_runtime import onnx_bundle
+    from detcrop.classify.onnx_runtime import load_onnx_bundle
 
     dataset = make_dataset(tmp_path / "data", per_class=6)
     train(dataset, tmp_path / "run", quick_config(tmp_path, input_size=40, ensemble="scratch", epochs=1),
           progress=False)
     bundle = load_bundle(tmp_path / "run")
     images = [load_image_array(path) for path in sorted((dataset / "red").iterdir())]
-    converted = onnx_bundle(bundle, tmp_path / "run", cache_root=tmp_path / "onnx")
+    converted = load_onnx_bundle(tmp_path / "run", cache_root=tmp_path / "onnx")
     np.testing.assert_allclose(converted.predict(images), bundle.predict(images), atol=1e-4)
