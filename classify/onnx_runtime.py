@@ -45,11 +45,13 @@ class OnnxClassifier:
         return self._session.run(None, {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
-def load_onnx_bundle(run_dir: str | os.PathLike, cache_root: str | os.PathLike | None = None):
+def load_onnx_bundle(run_dir: str | os.PathLike, cache_root: str | os.PathLike | None = None,
+                     threads: int | None = None):
     """The bundle in `run_dir` with its classifier run by ONNX Runtime (converted once, cached by model.keras's hash).
 
     The Keras model is loaded (``safe_mode``, as `load_bundle` does) only to convert it: a run
-    whose conversion is cached starts without it.
+    whose conversion is cached starts without it. `threads`: ONNX Runtime's threads per call
+    (None: all cores).
     """
     from detcrop.classify.bundle import Bundle, load_bundle, read_bundle_metadata
     from detcrop.classify.export import ONNX_OPSET, onnx_classifier_bytes
@@ -69,7 +71,8 @@ def load_onnx_bundle(run_dir: str | os.PathLike, cache_root: str | os.PathLike |
         with status_line("converting the classifier to ONNX (once)"):
             return onnx_classifier_bytes(bundle)
 
-    classifier = cached_file(target, digest, convert, lambda path: OnnxClassifier(path, len(metadata.class_names)))
+    classifier = cached_file(target, digest, convert,
+                             lambda path: OnnxClassifier(path, len(metadata.class_names), threads))
     return Bundle(model=classifier, metadata=metadata, class_names=metadata.class_names,
                   input_size=metadata.input_size)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 
 logger = logging.getLogger(__name__)
 
@@ -36,4 +37,22 @@ def resolve_runtime(runtime: str) -> str:
     return runtime
 
 
-__all__ = ["AUTO", "RUNTIMES", "onnx_installed", "resolve_runtime"]
+#: Most batches a job scores at once on one machine (each holds its decoded photos in memory).
+MAX_PARALLEL_BATCHES = 4
+
+
+def parallel_split(cores: int | None = None) -> tuple[int, int]:
+    """(batches scored at once, ONNX Runtime threads per model call) for a job on `cores` cores (default: this
+    process's).
+
+    Small models use a core each better than they split one photo over several
+    (RESULTS.md#predict-job), so a 2-core machine scores two batches at once on one thread each.
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(1, int(cores))
+    threads = -(-cores // MAX_PARALLEL_BATCHES)  # the fewest threads per call that keep to the cap
+    return cores // threads, threads
+
+
+__all__ = ["AUTO", "MAX_PARALLEL_BATCHES", "RUNTIMES", "onnx_installed", "parallel_split", "resolve_runtime"]

@@ -173,12 +173,13 @@ def check_precision(precision: str, runtime: str) -> None:
 
 
 def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: str = DEFAULT_RUNTIME,
-                  precision: str = DEFAULT_PRECISION) -> Detector:
+                  precision: str = DEFAULT_PRECISION, threads: int | None = None) -> Detector:
     """A detector by registered name (see the module doc), TF Hub handle, SavedModel directory, `.pb` or `.onnx` file.
 
     `runtime="onnx"` runs SSD frozen graphs in ONNX Runtime (converted once, cached);
     "auto" does so when ONNX Runtime is installed and runs other detectors in TensorFlow.
     `precision="int8"` runs the SSD's split graph quantized (once, cached; ONNX Runtime only).
+    `threads`: ONNX Runtime's threads per call (None: all cores); TensorFlow ignores it.
     Raises `DetectorNotFoundError` saying what was looked for and how to provide it.
     """
     if runtime not in RUNTIMES:
@@ -192,7 +193,7 @@ def load_detector(name_or_path: str | os.PathLike = DEFAULT_DETECTOR, runtime: s
     if onnx_path is not None:
         from detcrop.detect.onnx_detectors import OnnxDetector
 
-        return OnnxDetector(onnx_path, name=text)
+        return OnnxDetector(onnx_path, name=text, threads=threads)
     if runtime == "onnx":
         raise UsageError(f"detector {text!r}: --runtime onnx runs the SSD frozen graph (ssd-mobilenet-v2 or a "
                          f"TF OD API SSD .pb) or an .onnx file; use --runtime tensorflow for other detectors")
@@ -257,12 +258,14 @@ def _float_onnx_model_path(name_or_path: str | os.PathLike, runtime: str) -> Pat
 
 
 def load_configured_detector(name_or_path: str | os.PathLike, runtime: str = DEFAULT_RUNTIME,
-                             precision: str = DEFAULT_PRECISION) -> Detector:
-    """`load_detector(name_or_path, runtime, precision)`, called with one argument for the defaults.
+                             precision: str = DEFAULT_PRECISION, threads: int | None = None) -> Detector:
+    """`load_detector(name_or_path, runtime, precision, threads)`, called with one argument for the defaults.
 
     Drivers call this, so a one-argument stand-in for `load_detector` (a test's fake
     detector) keeps working with the default runtime and precision.
     """
+    if threads is not None:
+        return load_detector(name_or_path, runtime=runtime, precision=precision, threads=threads)
     if precision != DEFAULT_PRECISION:
         return load_detector(name_or_path, runtime=runtime, precision=precision)
     if runtime == DEFAULT_RUNTIME:

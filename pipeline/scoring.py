@@ -137,7 +137,7 @@ class Scorer:
              unknown_threshold: float | None = None, max_objects: int = 10, score_threshold: float | None = None,
              limits: ImageLimits = ImageLimits(), detector_runtime: str | None = None,
              on_empty: str | None = None, classifier_runtime: str | None = None,
-             detector_precision: str | None = None) -> "Scorer":
+             detector_precision: str | None = None, threads: int | None = None) -> "Scorer":
         """Load the bundle in `run_dir` and (unless `detect=False`) the detector it was cropped with.
 
         `detector` overrides the detector named in the bundle's crop config, which loads only
@@ -151,6 +151,8 @@ class Scorer:
         happens to a photo with no detection; None keeps the training crops' policy (the crop
         config's ``on_empty``, "record" when the bundle has none). `detector_precision` ("float32",
         "int8") overrides the crop config's ``precision``; None keeps the training crops' one.
+        `threads` sets ONNX Runtime's threads per model call (None: all cores; 1 for a scorer
+        that scores batches on several threads at once, see `score_many`).
         """
         from detcrop.classify.bundle import load_bundle, read_bundle_metadata
         from detcrop.detect.crop import CropConfig
@@ -186,14 +188,15 @@ class Scorer:
         if resolve_runtime(classifier_runtime or AUTO) == "onnx":
             from detcrop.classify.onnx_runtime import load_onnx_bundle
 
-            bundle = load_onnx_bundle(run_dir)  # a cached conversion runs without loading the Keras model
+            bundle = load_onnx_bundle(run_dir, threads=threads)  # a cached conversion runs without the Keras model
         else:
             bundle = load_bundle(run_dir)
         loaded_detector = None
         if detect:
             from detcrop.detect.base import load_configured_detector
 
-            loaded_detector = load_configured_detector(crop_config.detector, crop_config.runtime, crop_config.precision)
+            loaded_detector = load_configured_detector(crop_config.detector, crop_config.runtime, crop_config.precision,
+                                                       threads)
         return cls(bundle=bundle, detector=loaded_detector, crop_config=crop_config,
                    unknown_threshold=float(threshold), limits=limits)
 
@@ -297,12 +300,15 @@ class Scorer:
         return self.score_images([self.read(path)])[0]
 
     def score_many(self, photos: Iterable[PhotoSource], batch_size: int = DEFAULT_BATCH_PHOTOS,
-                   workers: int = 2, skip: Callable[[str, str | None], bool] | None = None) -> Iterator[PhotoResult]:
+                   workers: int = 2, skip: Callable[[str, str | None], bool] | None = None,
+                   parallel: int = 1) -> Iterator[PhotoResult]:
         """Score a stream of photos (paths, or (name, bytes) pairs), yielding results in input order.
 
         Photos are read and decoded ahead on `workers` threads; the crops of `batch_size`
-        photos at a time go through the classifier in one pass. Memory stays flat however
-        long the stream (a crawl, a generator over a bucket listing). Photos for which
+        photos at a time go through the classifier in one pass, and `parallel` such batches
+        are scored at once on as many threads (pays with ONNX Runtime models loaded with
+        ``threads=1``, see `data.runtime.parallel_split`; the results are the same). Memory stays
+        flat however long the stream (a crawl, a generator over a bucket listing). Photos for which
         ``skip(path, sha256)`` is true are read and hashed but not scored, nor yielded.
 
         >>> for result in Scorer.load("runs/watches").score_many(Path("crawl").rglob("*.jpg")):  # doctest: +SKIP
@@ -310,8 +316,12 @@ class Scorer:
         """
         from detcrop.data.streams import batched, prefetched
 
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        for name, value in (("batch_size", batch_size), ("parallel", parallel)):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
         read = prefetched(photos, lambda item: self.read(item, skip), workers, depth=2 * batch_size)
-        for batch in batched((photo for photo in read if photo is not None), batch_size):
-            yield from self.score_images(batch)
+        batches = batched((photo for photo in read if photo is not None), batch_size)
+        scored = map(self.score_images, batches) if parallel == 1 else \
+            prefetched(batches, self.score_images, parallel, depth=parallel)
+        for results in scored:
+            yield from results

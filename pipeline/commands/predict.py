@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
                    "max_objects": args.max_objects, "score_threshold": args.score_threshold,
                    "detector_runtime": args.runtime, "on_empty": args.on_empty, "classifier_runtime": args.runtime,
                    "detector_precision": args.precision}
+    parallel = 1
+    if args.out is not None:  # a crawl: throughput over one photo's latency
+        parallel, load_kwargs["threads"] = _job_parallelism(args.runtime, ray)
     scorer = Scorer.load(args.run, **load_kwargs)
     for name in (args.confidence_of, args.is_class):
         if name is not None and name not in scorer.class_names:
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if not photos:
         raise UsageError(f"no photos found in {', '.join(args.photos)}")
     table = args.table or len(photos) <= TABLE_PHOTOS
-    results, summary = _score(args, scorer, load_kwargs, photos, filesystem, ray, keep=table or not args.out)
+    results, summary = _score(args, scorer, load_kwargs, photos, filesystem, ray, keep=table or not args.out,
+                              parallel=parallel)
     if table:
         print(format_table(results))
     for result in results:
@@ -119,7 +123,23 @@ def _list_photos(args: argparse.Namespace, ray) -> tuple[list, list, object]:
     return paths, skipped, None
 
 
-def _score(args: argparse.Namespace, scorer, load_kwargs: dict, photos: list, filesystem, ray, keep: bool):
+def _job_parallelism(runtime: str | None, ray) -> tuple[int, int | None]:
+    """(batches the local job scores at once, ONNX Runtime threads per model call) for `--out`.
+
+    On Ray each actor holds one CPU: one thread. Locally, ONNX Runtime models score several
+    batches at once on a thread each (`data.runtime.parallel_split`); TensorFlow runs as before.
+    """
+    from detcrop.data.runtime import AUTO, parallel_split, resolve_runtime
+
+    if ray is not None:
+        return 1, 1
+    if resolve_runtime(runtime or AUTO) != "onnx":
+        return 1, None
+    return parallel_split()
+
+
+def _score(args: argparse.Namespace, scorer, load_kwargs: dict, photos: list, filesystem, ray, keep: bool,
+           parallel: int = 1):
     """(the results kept for the table, the answers and --json/--csv; the batch job's summary or None)."""
     from detcrop.pipeline.prediction_outputs import (PhotoPlotter, predictions_document, score_photos, write_csv,
                                                      write_json)
@@ -144,7 +164,8 @@ def _score(args: argparse.Namespace, scorer, load_kwargs: dict, photos: list, fi
             from detcrop.pipeline.ray_predict import score_on_ray
 
             return score_on_ray(args.run, load_kwargs, photos, filesystem, ray, done, args.batch_size)
-        return scorer.score_many(photos, args.batch_size, skip=lambda path, sha256: (path, sha256) in done)
+        return scorer.score_many(photos, args.batch_size, skip=lambda path, sha256: (path, sha256) in done,
+                                 parallel=parallel)
 
     settings = job_settings(scorer, args.run, {"runtime": args.runtime or "auto"})
     summary = run_predict_job(args.out, settings, score, len(photos), scorer.class_names, progress=not args.quiet,

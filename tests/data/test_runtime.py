@@ -33,3 +33,12 @@ def test_without_tf2onnx_auto_falls_back_to_tensorflow_with_one_info_line(fresh_
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 1 and "tf2onnx" in lines[0] and "pip install 'detcrop[export]'" in lines[0]
     assert resolve_runtime("onnx") == "onnx"  # asked for by name: loading it says what is missing
+
+
+@pytest.mark.parametrize("cores, split", [(1, (1, 1)), (2, (2, 1)), (3, (3, 1)), (4, (4, 1)), (6, (3, 2)), (8, (4, 2)), (16, (4, 4))])
+def test_a_job_scores_a_batch_per_core_up_to_the_cap_and_splits_the_rest_into_threads(cores, split):
+    from detcrop.data.runtime import MAX_PARALLEL_BATCHES, parallel_split
+
+    assert parallel_split(cores) == split
+    batches, threads = parallel_split()
+    assert 1 <= batches <= MAX_PARALLEL_BATCHES and threads >= 1

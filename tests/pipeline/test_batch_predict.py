@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from detcrop.data.config import ConfigError
 from detcrop.pipeline.batch_predict import PREDICT_SUMMARY, PREDICTIONS_JSONL, PREDICTIONS_PARQUET
 from detcrop.pipeline.cli import main
 from detcrop.pipeline.scoring import Scorer
@@ -134,9 +135,12 @@ def test_score_many_equals_one_photo_at_a_time_and_takes_bytes(run_dir, crawl, f
     scorer = Scorer.load(run_dir, classifier_runtime="onnx")
     paths = sorted(crawl.rglob("*.png"))[:12]
     one_by_one = [scorer.score(path) for path in paths]
-    for batch_size in (1, 5, 12):
-        assert [result.objects for result in scorer.score_many(paths, batch_size=batch_size)] == \
-            [result.objects for result in one_by_one]
+    for batch_size, parallel in ((1, 1), (5, 1), (12, 1), (1, 3), (5, 2)):
+        scored = list(scorer.score_many(paths, batch_size=batch_size, parallel=parallel))
+        assert [result.objects for result in scored] == [result.objects for result in one_by_one]
+        assert [result.path for result in scored] == [str(path) for path in paths]  # input order, however many at once
+    with pytest.raises(ConfigError, match="parallel must be >= 1"):
+        next(scorer.score_many(paths, parallel=0))
     from_bytes = list(scorer.score_many([(str(path), path.read_bytes()) for path in paths], batch_size=4))
     assert [result.objects for result in from_bytes] == [result.objects for result in one_by_one]
     assert [result.path for result in from_bytes] == [str(path) for path in paths]
@@ -210,3 +214,13 @@ def test_the_ray_engine_gives_the_local_engines_records(run_dir, shared_data, tm
             for name, value in first["probabilities"].items():
                 assert abs(value - second["probabilities"][name]) <= 1e-6
     assert sum(bool(record["objects"]) for record in local) >= 20  # the detector found watches
+    # The local job scores batches at once on one-thread sessions: a speed setting, the same answers as all cores.
+    from detcrop.data.folders import find_image_paths
+
+    scorer = Scorer.load(run_dir, detector_runtime="onnx", classifier_runtime="onnx")
+    for mine, result in zip(local, scorer.score_many(find_image_paths([photos])[0])):
+        assert mine["path"] == result.path and len(mine["objects"]) == len(result.objects)
+        for first, second in zip(mine["objects"], result.objects):
+            assert first["box"] == list(second.box)
+            for name, value in first["probabilities"].items():
+                assert abs(value - second.probabilities[name]) <= 1e-6
