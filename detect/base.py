@@ -78,7 +78,9 @@ class Detector(Protocol):
     """
 
     name: str  # recorded in every manifest record
-    # Optional: `label_map`, class id -> name of the detector's classes (see `detector_label_map`).
+    # Optional: `label_map`, class id -> name of the detector's classes (see `detector_label_map`);
+    # `concurrent`, True when `detect` may run on several threads at once (the crop job then
+    # detects several photos at once).
 
     def detect(self, image: np.ndarray) -> Detections:
         """Detections in `image`, a uint8 RGB array of shape (height, width, 3)."""

@@ -688,7 +688,9 @@ def crop_photos(
 
     A driver over `crop_photo`: it lists, reads and decodes the photos (on `config.workers`
     threads), calls the stage for each and writes its outcome. `detector` defaults to
-    `load_detector(config.detector, config.runtime, config.precision)`; pass one to reuse a loaded model. Unreadable photos
+    `load_detector(config.detector, config.runtime, config.precision)`, which, run by ONNX Runtime,
+    detects several photos at once on a thread each (`data.runtime.parallel_split`; the same
+    outcomes); pass one to reuse a loaded model (one photo at a time). Unreadable photos
     get a "failed" record and the job goes on; photos where nothing passes get an "empty"
     record with the reason. Resumable; see the module doc.
     """
@@ -699,15 +701,22 @@ def crop_photos(
     for item in skipped:
         logger.debug("skipped %s", item)
 
+    parallel = 1
+
     def load() -> Detector:
+        nonlocal parallel
         if detector is not None:
             return detector
+        from detcrop.data.runtime import parallel_split
         from detcrop.detect.base import load_configured_detector
 
-        return load_configured_detector(config.detector, config.runtime, config.precision)
+        batches, threads = parallel_split()
+        loaded = load_configured_detector(config.detector, config.runtime, config.precision, threads)
+        parallel = batches if getattr(loaded, "concurrent", False) else 1
+        return loaded
 
     with crop_dataset(dataset, config, input_dir, input_dir, photos, skipped, load) as (loaded_detector, done):
-        return _crop_into(dataset, photos, skipped, config, loaded_detector, done, progress)
+        return _crop_into(dataset, photos, skipped, config, loaded_detector, done, progress, parallel)
 
 
 @contextmanager
@@ -734,23 +743,33 @@ def crop_dataset(dataset: Path, config: CropConfig, input_name: str | os.PathLik
 
 
 def _crop_into(dataset: Path, photos: list[Photo], skipped: list[Skipped], config: CropConfig, detector: Detector,
-               done: set[tuple], progress: bool) -> CropSummary:
-    """The resumable loop of `crop_photos`, run while it holds the dataset's lock."""
+               done: set[tuple], progress: bool, parallel: int = 1) -> CropSummary:
+    """The resumable loop of `crop_photos`, run while it holds the dataset's lock; `parallel` photos are detected
+    at once (their outcomes are written in input order all the same)."""
     limits = config.image_limits
     with CropJob(dataset, len(photos), skipped, config.prefetch, config.precision) as job:
         loaded_photos = prefetched(photos, lambda photo: _read_photo(photo, limits, done), config.workers,
                                     config.prefetch)
-        bar = tqdm(loaded_photos, total=len(photos), desc="crop", unit="photo", disable=not progress)
-        for loaded in bar:
+        # Claimed in input order on this thread (resumed photos and duplicates are decided here), then cropped.
+        claimed = ((loaded, job.claim(loaded.key, str(loaded.photo.path), loaded.photo.label, loaded.done))
+                   for loaded in loaded_photos)
+
+        def outcome(item: tuple) -> PhotoOutcome | None:
+            loaded, wanted = item
             photo, source = loaded.photo, str(loaded.photo.path)
-            if job.claim(loaded.key, source, photo.label, loaded.done):
-                if loaded.error is not None:
-                    logger.warning("%s", loaded.error)
-                    outcome = PhotoOutcome.failed(source, loaded.sha256, photo.label, detector.name,
-                                                  f"{loaded.error.kind}: {loaded.error.reason}")
-                else:
-                    outcome = _crop_image(loaded.image, config, detector, source, photo.label, loaded.sha256)
-                job.write(outcome)
+            if not wanted:
+                return None
+            if loaded.error is not None:
+                logger.warning("%s", loaded.error)
+                return PhotoOutcome.failed(source, loaded.sha256, photo.label, detector.name,
+                                           f"{loaded.error.kind}: {loaded.error.reason}")
+            return _crop_image(loaded.image, config, detector, source, photo.label, loaded.sha256)
+
+        outcomes = map(outcome, claimed) if parallel == 1 else prefetched(claimed, outcome, parallel, parallel)
+        bar = tqdm(outcomes, total=len(photos), desc="crop", unit="photo", disable=not progress)
+        for result in bar:
+            if result is not None:
+                job.write(result)
             bar.set_postfix(job.figures(), refresh=False)
         bar.close()
     return job.finish()

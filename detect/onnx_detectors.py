@@ -253,6 +253,9 @@ class OnnxDetector:
     metadata). Input: one image tensor `[1, H, W, 3]`, uint8 (or float, then cast).
     """
 
+    #: ONNX Runtime sessions run calls from several threads at once.
+    concurrent = True
+
     def __init__(self, model: str | os.PathLike | bytes, name: str, label_map: Mapping[int, str] | None = None,
                  threads: int | None = None):
         onnxruntime = _import_onnxruntime()

@@ -267,3 +267,41 @@ def test_a_failed_write_stops_the_job_and_nothing_after_it_is_written(brand_fold
                     progress=False)
     assert {Path(record.source_path).name for record in read_manifest(tmp_path / "out" / MANIFEST_NAME)} == \
         {"a.png"} and len(written) == 1
+
+
+class ConcurrentColourBoxes(ColourBoxDetector):
+    """The fake detector, declared safe to call from several threads (as ONNX Runtime's is)."""
+
+    concurrent = True
+
+    def __init__(self):
+        super().__init__()
+        self.threads = set()
+
+    def detect(self, image):
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        return super().detect(image)
+
+
+def test_photos_detected_at_once_give_the_same_dataset_as_one_at_a_time(brand_folders, tmp_path, monkeypatch):
+    import shutil
+
+    from detcrop.detect import base
+
+    (brand_folders / "rolex" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    shutil.copy(brand_folders / "omega" / "a.png", brand_folders / "omega" / "a-copy.png")  # a duplicate
+    for index in range(12):
+        save_scene(brand_folders / "rolex" / f"e{index:02d}.png", (90, 70), {RED: (index, 5, 40 + index, 50)})
+    config = CropConfig(max_crops_per_photo=2, min_size=8)
+    reference = crop_photos(brand_folders, tmp_path / "reference", config, detector=ColourBoxDetector(),
+                            progress=False)
+    detector = ConcurrentColourBoxes()
+    monkeypatch.setattr(base, "load_detector", lambda name, **kwargs: detector)
+    monkeypatch.setattr("detcrop.data.runtime.parallel_split", lambda cores=None: (3, 1))
+    summary = crop_photos(brand_folders, tmp_path / "parallel", config, progress=False)
+    assert len(detector.threads) > 1  # photos were detected on several threads
+    assert tree(tmp_path / "parallel") == tree(tmp_path / "reference")
+    assert (summary.cropped, summary.empty, summary.failed, summary.duplicates) == \
+        (reference.cropped, reference.empty, reference.failed, reference.duplicates) == (15, 1, 1, 1)

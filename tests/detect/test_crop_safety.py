@@ -23,7 +23,7 @@ def fake_detector(monkeypatch):
 
     real = base.load_detector
     monkeypatch.setattr(base, "load_detector",
-                        lambda name: ColourBoxDetector() if name in base.DETECTORS else real(name))
+                        lambda name, **kwargs: ColourBoxDetector() if name in base.DETECTORS else real(name, **kwargs))
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_special_files_in_the_input_are_failed_photos_not_a_hang(photos, tmp_pat
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from detect_helpers import ColourBoxDetector
         from detcrop.detect import base
-        base.load_detector = lambda name: ColourBoxDetector()
+        base.load_detector = lambda name, **kwargs: ColourBoxDetector()
         from detcrop.pipeline.cli import main
         sys.exit(main(["crop", {str(photos)!r}, "--out", {str(out)!r}, "-q"]))
     """)

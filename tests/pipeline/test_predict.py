@@ -76,7 +76,7 @@ def fake_detector(monkeypatch):
     from detcrop import detect
     import detcrop.detect.base
 
-    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
+    monkeypatch.setattr(detect.base, "load_detector", lambda name, **kwargs: SquareFinder())
 
 
 @pytest.fixture()
@@ -95,7 +95,7 @@ def scorer(run_dir, monkeypatch):
     from detcrop import detect
     import detcrop.detect.base
 
-    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
+    monkeypatch.setattr(detect.base, "load_detector", lambda name, **kwargs: SquareFinder())
     return Scorer.load(run_dir)
 
 
@@ -125,7 +125,7 @@ def test_unknown_under_threshold(run_dir, photos, monkeypatch):
     from detcrop import detect
     import detcrop.detect.base
 
-    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
+    monkeypatch.setattr(detect.base, "load_detector", lambda name, **kwargs: SquareFinder())
     strict = Scorer.load(run_dir, unknown_threshold=1.0)
     (item,) = strict.score(photos["light"]).objects
     assert item.label == UNKNOWN and item.top_class == "light"
@@ -137,7 +137,7 @@ def test_predict_cli_json_csv_plot_and_questions(run_dir, photos, tmp_path, monk
     from detcrop import detect
     import detcrop.detect.base
 
-    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
+    monkeypatch.setattr(detect.base, "load_detector", lambda name, **kwargs: SquareFinder())
     out_json, out_csv, plots = tmp_path / "p.json", tmp_path / "p.csv", tmp_path / "plots"
     code = main(["predict", str(run_dir), *(str(photos[name]) for name in ("dark", "light", "empty", "broken")),
                  "--json", str(out_json), "--csv", str(out_csv), "--plot", str(plots), "-q",
@@ -240,7 +240,7 @@ def test_a_photo_the_models_fail_on_is_an_error_result(run_dir, photos, monkeypa
         def detect(self, image):
             raise RuntimeError("graph execution failed")
 
-    monkeypatch.setattr(detect.base, "load_detector", lambda name: Broken())
+    monkeypatch.setattr(detect.base, "load_detector", lambda name, **kwargs: Broken())
     result = Scorer.load(run_dir).score(photos["light"])
     assert result.objects == () and "graph execution failed" in result.error
 
@@ -261,7 +261,7 @@ def test_onnx_classifier_gives_the_bundles_probabilities(run_dir, photos, monkey
     import detcrop.detect.base
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(detect.base, "load_detector", lambda name: SquareFinder())
+    monkeypatch.setattr(detect.base, "load_detector", lambda name, **kwargs: SquareFinder())
     expected = Scorer.load(run_dir).score(photos["light"])
     onnx = Scorer.load(run_dir, classifier_runtime="onnx")
     assert type(onnx.bundle.model).__name__ == "OnnxClassifier"

@@ -36,7 +36,7 @@ def loads(monkeypatch):
 
     calls = []
 
-    def load_detector(name, runtime="auto", precision="float32"):
+    def load_detector(name, runtime="auto", precision="float32", threads=None):
         calls.append(precision)
         return NoObjects()
 

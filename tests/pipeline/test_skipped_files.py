@@ -39,7 +39,7 @@ def run_dir(tmp_path_factory):
 def photos(tmp_path, monkeypatch):
     from detcrop.detect import base
 
-    monkeypatch.setattr(base, "load_detector", lambda name: NothingFound())
+    monkeypatch.setattr(base, "load_detector", lambda name, **kwargs: NothingFound())
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(folder / "a.png")

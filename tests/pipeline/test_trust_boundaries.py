@@ -56,7 +56,7 @@ def loaded_detectors(monkeypatch):
 
     asked = []
 
-    def load_detector(name_or_path="ssd-mobilenet-v2"):
+    def load_detector(name_or_path="ssd-mobilenet-v2", **kwargs):
         asked.append(str(name_or_path))
         return WholeImageDetector()
 
