@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photos import load_photos  # noqa: E402
+from photos import cpu_flags, load_photos  # noqa: E402
 
 from detcrop.detect.base import onnx_model_path  # noqa: E402
 from detcrop.detect.crop import CropConfig, crop_photos  # noqa: E402
@@ -36,15 +36,6 @@ from detcrop.detect.int8 import (  # noqa: E402
 from detcrop.detect.onnx_detectors import OnnxDetector  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def cpu_flags() -> str:
-    try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration):
-        return "unknown"
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
-    return ", ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
 
 
 def load_average() -> str:

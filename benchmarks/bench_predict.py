@@ -106,15 +106,6 @@ def main() -> int:
     return 0
 
 
-def _cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if flag in flags) \
-        or "none of avx2/avx512/amx"
-
-
 def job_throughput(args) -> int:
     """Raw forward, the one-photo loop and the batch job on the same photos, in one run (see the module doc)."""
     import tempfile
@@ -124,6 +115,7 @@ def job_throughput(args) -> int:
     from detcrop.data.images import load_image_array
     from detcrop.pipeline.cli import main as detcrop
     from detcrop.pipeline.scoring import DEFAULT_BATCH_PHOTOS, Scorer
+    from photos import cpu_flags
 
     paths = expand_image_paths([args.photos])[: args.limit]
     scorer = Scorer.load(args.run, detector_runtime=args.runtime, classifier_runtime=args.runtime)
@@ -161,7 +153,7 @@ def job_throughput(args) -> int:
     load_average = os.getloadavg()
     count = len(paths)
     print(f"photos: {count} from {args.photos}; objects: {sum(map(len, crops))}; run: {args.run}; runtime: "
-          f"{args.runtime}; CPU: {os.cpu_count()} cores, {_cpu_flags()}; load average {load_average[0]:.1f}")
+          f"{args.runtime}; CPU: {os.cpu_count()} cores, {cpu_flags()}; load average {load_average[0]:.1f}")
     print(f"{'measure':<58}{'photos/s':>10}")
     print(f"{'raw: detector + classifier forward (pre-decoded, pre-cut)':<58}{count / raw:>10.1f}")
     print(f"{'loop: Scorer.score one photo at a time':<58}{count / loop:>10.1f}")

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_int8 import SHARED, cpu_flags, load_average, parity, parity_photos, print_parity, raw_speed  # noqa: E402
+from photos import cpu_flags  # noqa: E402
+from bench_int8 import SHARED, load_average, parity, parity_photos, print_parity, raw_speed  # noqa: E402
 
 from detcrop.detect.base import onnx_model_path  # noqa: E402
 from detcrop.detect.int8 import _import_quantization, calibration_images, quantized_region  # noqa: E402

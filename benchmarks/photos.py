@@ -12,6 +12,16 @@ from detcrop.data.folders import expand_image_paths
 from detcrop.data.images import ImageError, load_image_array
 
 
+def cpu_flags() -> str:
+    """The CPU's vector and matrix units a speed figure depends on, as /proc/cpuinfo (`lscpu`) names them."""
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+    return ", ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
+
+
 def load_photos(folders: Sequence[Path]) -> tuple[list[Path], list[np.ndarray]]:
     """(every image file under `folders`, sorted per folder; the arrays of those that decode).
 
