@@ -46,7 +46,7 @@ def parallel_split(cores: int | None = None) -> tuple[int, int]:
     process's).
 
     Small models use a core each better than they split one photo over several
-    (RESULTS.md#predict-job), so a 2-core machine scores two batches at once on one thread each.
+    (RESULTS.md#parallel-jobs), so a 2-core machine scores two batches at once on one thread each.
     """
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
