@@ -11,9 +11,10 @@ calibration methods and float32 first and last layers: benchmarks/RESULTS.md#int
 Calibration runs on images that ship with scikit-image (`skimage.data`'s photos and simple
 flips, crops and colour casts of them), never on the user's photos, so one cached model
 serves every job (chosen by measurement: benchmarks/RESULTS.md#int8-detector). The cached file is named
-by a digest of the float graph's digest, the calibration set's digest, the onnxruntime
-version and `QUANT_VERSION`, and is used only when its sidecar vouches for it
-(`data.cache.cached_file`).
+by a digest of the float graph's digest, the calibration set (for the default set: its photo
+names and scikit-image's version, so a job finds its model without building the set; for a
+given set: its pixels), the onnxruntime version and `QUANT_VERSION`, and is used only when its
+sidecar vouches for it (`data.cache.cached_file`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 from detcrop.data.cache import cache_dir, cached_file
 from detcrop.data.errors import DetcropError
 from detcrop.data.images import file_sha256
+from detcrop.data.packages import distribution_version
 from detcrop.data.progress import status_line
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,12 @@ def calibration_images() -> list[np.ndarray]:
     return images
 
 
+def default_calibration_key() -> str:
+    """What fixes `calibration_images()` without building it: its photos, which ship in the scikit-image wheel, and
+    that wheel's version (its augmentations are covered by `QUANT_VERSION`)."""
+    return f"scikit-image {distribution_version('scikit-image')}: " + ", ".join(_CALIBRATION_PHOTOS + _CALIBRATION_GREY)
+
+
 def images_digest(images: Sequence[np.ndarray]) -> str:
     """sha256 over the images' shapes and pixels, in order."""
     digest = hashlib.sha256()
@@ -116,14 +124,15 @@ def quantized_ssd_path(float_model: str | os.PathLike,
     """The cached INT8 version of the split SSD ONNX file `float_model`, quantizing it if absent.
 
     `images`: the calibration photos (uint8 RGB, any size), or a function returning them;
-    default `calibration_images()`. The cache key covers the float model, the calibration
-    set, the onnxruntime version and `QUANT_VERSION`.
+    default `calibration_images()`, built only to quantize. The cache key covers the float
+    model, the calibration set, the onnxruntime version and `QUANT_VERSION`.
     """
     from detcrop.detect.onnx_detectors import _import_onnxruntime
 
     onnxruntime = _import_onnxruntime()
-    calibration = images() if callable(images) else images if images is not None else calibration_images()
-    key = hashlib.sha256("\n".join([file_sha256(float_model), images_digest(calibration), onnxruntime.__version__,
+    calibration = images() if callable(images) else images
+    calibration_key = default_calibration_key() if calibration is None else images_digest(calibration)
+    key = hashlib.sha256("\n".join([file_sha256(float_model), calibration_key, onnxruntime.__version__,
                                     f"int8-v{QUANT_VERSION}"]).encode()).hexdigest()
     folder = Path(cache_root) if cache_root is not None else cache_dir("onnx")
     target = folder / f"{Path(float_model).stem}-int8-{key[:16]}.onnx"
@@ -131,8 +140,9 @@ def quantized_ssd_path(float_model: str | os.PathLike,
     def build() -> bytes:
         started = time.perf_counter()
         logger.info("quantizing %s to INT8 (once; cached as %s)", float_model, target)
+        photos = calibration if calibration is not None else calibration_images()
         with status_line("quantizing the detector to INT8 (once)"):
-            payload = quantize_ssd_model(float_model, calibration)
+            payload = quantize_ssd_model(float_model, photos)
         logger.info("quantized in %.1f s", time.perf_counter() - started)
         return payload
 

@@ -81,6 +81,19 @@ def test_without_onnxruntime_quantization_int8_is_refused_in_one_line(tmp_path, 
     assert "\n" not in str(error.value)
 
 
+def test_the_default_set_is_built_to_quantize_only_and_keyed_by_scikit_image(tmp_path, fake_quantization,
+                                                                           monkeypatch):
+    graph = tmp_path / "ssd.onnx"
+    graph.write_bytes(b"graph one")
+    built = []
+    monkeypatch.setattr(int8, "calibration_images", lambda: built.append(1) or _images(3))
+    entry = int8.quantized_ssd_path(graph, cache_root=tmp_path / "cache")
+    assert built == [1] and fake_quantization == [2]  # built once, to quantize
+    assert int8.quantized_ssd_path(graph, cache_root=tmp_path / "cache") == entry and built == [1]  # found, not built
+    monkeypatch.setattr(int8, "distribution_version", lambda name: "0.0.1")  # other photos may ship with it
+    assert int8.quantized_ssd_path(graph, cache_root=tmp_path / "cache") != entry and built == [1, 1]
+
+
 def test_the_default_calibration_set_is_fixed_and_ships_with_scikit_image():
     images = int8.calibration_images()
     assert len(images) >= 40 and all(image.dtype == np.uint8 and image.shape[2] == 3 for image in images)
