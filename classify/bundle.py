@@ -253,6 +253,14 @@ def read_bundle_metadata(run_dir: str | os.PathLike) -> BundleMetadata:
     return BundleMetadata.from_dict(read_json_object(path, "bundle metadata"), path)
 
 
+def bundle_model_path(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/model.keras``, checked to be there beside a valid ``bundle.json`` (`read_bundle_metadata`'s checks)."""
+    model_path = Path(run_dir) / MODEL_NAME
+    if not model_path.is_file():
+        raise MissingFileError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
+    return model_path
+
+
 def load_bundle(run_dir: str | os.PathLike) -> Bundle:
     """Load ``run_dir/model.keras`` and ``run_dir/bundle.json`` into a `Bundle`.
 
@@ -262,11 +270,8 @@ def load_bundle(run_dir: str | os.PathLike) -> Bundle:
     """
     import keras
 
-    run_dir = Path(run_dir)
     metadata = read_bundle_metadata(run_dir)
-    model_path = run_dir / MODEL_NAME
-    if not model_path.is_file():
-        raise MissingFileError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
+    model_path = bundle_model_path(run_dir)
     from detcrop.classify.backbones import register_bundle_layers
 
     register_bundle_layers(metadata.backbone)  # keras-hub layers are found by their registered names

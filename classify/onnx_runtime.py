@@ -17,7 +17,6 @@ import numpy as np
 
 from detcrop.data.cache import cache_dir, cached_file
 from detcrop.data.images import file_sha256
-from detcrop.data.layout import BUNDLE_NAME, MODEL_NAME
 from detcrop.data.progress import status_line
 
 logger = logging.getLogger(__name__)
@@ -53,15 +52,11 @@ def load_onnx_bundle(run_dir: str | os.PathLike, cache_root: str | os.PathLike |
     whose conversion is cached starts without it. `threads`: ONNX Runtime's threads per call
     (None: all cores).
     """
-    from detcrop.classify.bundle import Bundle, load_bundle, read_bundle_metadata
+    from detcrop.classify.bundle import Bundle, bundle_model_path, load_bundle, read_bundle_metadata
     from detcrop.classify.export import ONNX_OPSET, onnx_classifier_bytes
-    from detcrop.data.errors import MissingFileError
 
     metadata = read_bundle_metadata(run_dir)
-    model_path = Path(run_dir) / MODEL_NAME
-    if not model_path.is_file():
-        raise MissingFileError(f"{model_path}: model file not found beside {BUNDLE_NAME}")
-    digest = file_sha256(model_path)
+    digest = file_sha256(bundle_model_path(run_dir))
     folder = Path(cache_root) if cache_root is not None else cache_dir("onnx")
     target = folder / f"classifier-opset{ONNX_OPSET}-{digest[:16]}.onnx"
 

@@ -701,21 +701,19 @@ def crop_photos(
     for item in skipped:
         logger.debug("skipped %s", item)
 
-    parallel = 1
+    from detcrop.data.runtime import parallel_split
+
+    batches, threads = parallel_split()
 
     def load() -> Detector:
-        nonlocal parallel
         if detector is not None:
             return detector
-        from detcrop.data.runtime import parallel_split
         from detcrop.detect.base import load_configured_detector
 
-        batches, threads = parallel_split()
-        loaded = load_configured_detector(config.detector, config.runtime, config.precision, threads)
-        parallel = batches if getattr(loaded, "concurrent", False) else 1
-        return loaded
+        return load_configured_detector(config.detector, config.runtime, config.precision, threads)
 
     with crop_dataset(dataset, config, input_dir, input_dir, photos, skipped, load) as (loaded_detector, done):
+        parallel = batches if detector is None and getattr(loaded_detector, "concurrent", False) else 1
         return _crop_into(dataset, photos, skipped, config, loaded_detector, done, progress, parallel)
 
 
